@@ -1,0 +1,7 @@
+"""``python -m shardproxy`` is the same as the ``shardproxy`` console script."""
+
+import sys
+
+from shardproxy.cli import main
+
+sys.exit(main())

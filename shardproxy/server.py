@@ -1,0 +1,100 @@
+"""Listeners, signals and the shutdown sequence of one proxy process.
+
+Shutdown is a sequence, never work inside a signal handler (handlers only set an event):
+
+    SIGTERM/SIGINT ─▶ stop accepting ─▶ each client: read nothing more, close once its
+    outstanding replies are written ─▶ wait up to shutdown.drain_timeout_ms ─▶ close the
+    rest and the backend connections ─▶ exit 0
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+
+from shardproxy import log as logsetup
+from shardproxy.config import Address, Config
+from shardproxy.runtime import ProxyContext
+from shardproxy.session import ClientSession
+
+log = logging.getLogger("shardproxy.server")
+
+
+async def start_listener(
+    ctx: ProxyContext, address: Address, loop: asyncio.AbstractEventLoop
+) -> asyncio.AbstractServer:
+    def factory() -> ClientSession:
+        return ClientSession(ctx)
+
+    if address.unix:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(address.unix)
+        return await loop.create_unix_server(factory, address.unix, backlog=1024)
+    return await loop.create_server(
+        factory, address.host, address.port, reuse_address=True, backlog=1024
+    )
+
+
+async def run_proxy(config: Config, stop: asyncio.Event) -> int:
+    """Serve ``config`` until ``stop`` is set, then drain and close. Returns the exit code."""
+    loop = asyncio.get_running_loop()
+    ctx = ProxyContext(config, loop)
+    servers = []
+    try:
+        for address in config.listen:
+            servers.append(await start_listener(ctx, address, loop))
+            log.info("listening on %s", address)
+    except OSError as exc:
+        log.error("cannot listen: %s", exc)
+        for srv in servers:
+            srv.close()
+        ctx.close()
+        return 1
+    await stop.wait()
+    log.info("shutting down: draining %d client connections", len(ctx.clients))
+    for srv in servers:
+        srv.close()
+    ctx.draining = True
+    for session in list(ctx.clients):
+        session.begin_drain()
+    deadline = loop.time() + config.shutdown.drain_timeout_ms / 1000
+    while ctx.clients and loop.time() < deadline:
+        await asyncio.sleep(0.01)
+    for session in list(ctx.clients):
+        if session.transport is not None:
+            session.transport.abort()
+    ctx.close()
+    for srv in servers:
+        await srv.wait_closed()
+    log.info("stopped")
+    return 0
+
+
+def serve(
+    config: Config, config_path: str | None = None, workers: int | None = None, log_level: str = "info"
+) -> int:
+    """Run the proxy in this process until SIGTERM/SIGINT. Returns the exit code."""
+    logsetup.setup(log_level)
+    if workers not in (None, 1):
+        log.warning("workers=%s requested; this build runs one worker process", workers)
+    try:
+        import uvloop
+
+        runner = uvloop.run
+    except ImportError:  # pragma: no cover - uvloop is a dependency, but stay usable without it
+        runner = asyncio.run
+
+    async def main() -> int:
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(
+            signal.SIGHUP, lambda: log.warning("SIGHUP: live reload is not available yet")
+        )
+        return await run_proxy(config, stop)
+
+    return int(runner(main()))

@@ -1,0 +1,318 @@
+"""One client connection: parse, dispatch, and send replies back strictly in request order.
+
+Every request gets a *slot* at the tail of the session's ``queue`` as it is parsed. A slot is
+completed (its ``reply`` set to raw bytes) by a backend reply, by a fan-out merge, or at once
+for commands the proxy answers itself. :meth:`ClientSession.flush` writes out the completed
+slots at the head of the queue, and only those, so replies leave in request order however the
+backends interleave. Slots completed during one backend read are flushed with one write.
+
+Life of a session::
+
+    OPEN ── QUIT / protocol error / drain ──▶ CLOSING ── queue empty ──▶ closed
+      │                                                                   ▲
+      └──────────────────────── client hangs up ──────────────────────────┘
+
+When the client hangs up, its outstanding slots are detached (``slot.session = None``); the
+backends still read and drop their replies, so no pipeline desyncs.
+
+Backpressure: reading from the client pauses while more than ``limits.max_pending_per_client``
+requests are outstanding, or while the client's own socket buffer is full; it resumes at half.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, cast
+
+from shardproxy import errors, resp
+from shardproxy.commands import (
+    KIND_ALL,
+    KIND_ANY,
+    KIND_KEYED,
+    KIND_LOCAL,
+    KIND_SPLIT,
+    CommandSpec,
+    get_keys,
+    is_blocking,
+)
+
+if TYPE_CHECKING:
+    from shardproxy.backend import Node
+    from shardproxy.fanout import Gather
+    from shardproxy.runtime import ProxyContext
+
+log = logging.getLogger("shardproxy.session")
+
+KIND_DENIED = "denied"  # a command the operator listed in deny_commands
+
+
+class Slot:
+    """The place of one request's reply in its client's queue."""
+
+    __slots__ = ("reply", "session")
+
+    def __init__(self, session: ClientSession | None, reply: bytes | None = None) -> None:
+        self.session = session  # None once the client has gone: the reply is dropped
+        self.reply = reply  # raw reply bytes; None until completed
+
+    def complete(self, reply: bytes) -> ClientSession | None:
+        self.reply = reply
+        return self.session
+
+
+class ClientSession(asyncio.Protocol):
+    """The proxy side of one client connection."""
+
+    __slots__ = (
+        "ctx",
+        "closing",
+        "dirty",
+        "id",
+        "info",
+        "name",
+        "parser",
+        "peer",
+        "proto",
+        "queue",
+        "reading_paused",
+        "transport",
+        "write_paused",
+    )
+
+    def __init__(self, ctx: ProxyContext) -> None:
+        self.ctx = ctx
+        self.id = ctx.next_client_id()
+        self.proto = 2  # RESP version the client speaks (HELLO switches it)
+        self.name: bytes | None = None  # CLIENT SETNAME
+        self.info: dict[bytes, bytes] = {}  # CLIENT SETINFO lib-name / lib-ver
+        limits = ctx.limits
+        self.parser = resp.RequestParser(limits.max_request_bytes, limits.max_inline_bytes)
+        self.queue: deque[Slot] = deque()  # outstanding replies, in request order
+        self.transport: asyncio.Transport | None = None
+        self.dirty = False  # a flush is already due (set by backends while completing)
+        self.closing = False  # close once the queue is flushed; read nothing more
+        self.reading_paused = False
+        self.write_paused = False
+        self.peer = ""
+
+    # -- connection events -----------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport = cast(asyncio.Transport, transport)
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer or "unix")
+        if not self.ctx.client_connected(self):
+            transport.write(errors.reply("too_many_clients"))
+            transport.close()
+            self.transport = None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        for slot in self.queue:
+            slot.session = None  # replies still in flight are read and dropped
+        self.queue.clear()
+        self.ctx.client_disconnected(self)
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        self._pause_reading()
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        self._maybe_resume_reading()
+
+    def _pause_reading(self) -> None:
+        if not self.reading_paused and self.transport is not None:
+            self.reading_paused = True
+            self.transport.pause_reading()
+
+    def _maybe_resume_reading(self) -> None:
+        if (
+            self.reading_paused
+            and not self.write_paused
+            and not self.closing
+            and self.transport is not None
+            and len(self.queue) <= self.ctx.limits.max_pending_per_client // 2
+        ):
+            self.reading_paused = False
+            self.transport.resume_reading()
+
+    # -- requests --------------------------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        if self.closing:
+            return
+        parser = self.parser
+        requests = parser.feed(data)
+        ctx = self.ctx
+        ctx.stats.commands += len(requests)
+        table = ctx.table
+        queue = self.queue
+        proto = self.proto
+        cid = self.id
+        for argv, frame in requests:
+            spec = table.get(argv[0])
+            if spec is None:
+                spec = table.get(argv[0].lower())
+            # The hot path, inline: a command with one key at argv[1].
+            if spec is not None and spec.single_key and len(argv) >= 2:
+                arity = spec.arity
+                n = len(argv)
+                if n == arity or (arity < 0 and n >= -arity):
+                    router = ctx.router
+                    node = router.node(router.shard_index(argv[1]), spec.write)
+                    slot = Slot(self)
+                    queue.append(slot)
+                    if node is None:
+                        slot.reply = self._no_replica(router.shard_index(argv[1]))
+                    else:
+                        node.connection(proto, cid).send(frame, slot)
+                    continue
+            try:
+                self.dispatch(spec, argv, frame)
+            except Exception as exc:  # a bug must not take the connection down
+                log.exception("internal error on %r", argv[0][:64])
+                self.reply_now(errors.reply("internal", detail=f"{type(exc).__name__}: {exc}"))
+            if self.closing:
+                break
+            proto = self.proto  # HELLO may have switched it
+        if parser.error is not None and not self.closing:
+            self.reply_now(errors.reply("protocol", detail=parser.error))
+            self.closing = True
+        self.flush()
+        if len(queue) > ctx.limits.max_pending_per_client or self.closing:
+            self._pause_reading()
+
+    def dispatch(self, spec: CommandSpec | None, argv: list[bytes], frame: bytes) -> None:
+        """Every request that is not the single-key fast path."""
+        if spec is None:
+            name = argv[0].decode("utf-8", "replace")
+            self.reply_now(
+                errors.reply("unknown_command", name=name, args=errors.quote_args(argv[1:]))
+            )
+            return
+        n = len(argv)
+        arity = spec.arity
+        if not (n == arity or (arity < 0 and n >= -arity)):
+            self.reply_now(errors.reply("arity", name=spec.name))
+            return
+        if spec.subcommands and n >= 2:
+            sub = spec.subcommands.get(argv[1].lower())
+            if sub is None:
+                self.reply_now(
+                    errors.reply(
+                        "subcommand",
+                        sub=argv[1].decode("utf-8", "replace"),
+                        name=spec.name.upper(),
+                    )
+                )
+                return
+            spec = self.ctx.resolve_sub(sub)
+            arity = spec.arity
+            if not (n == arity or (arity < 0 and n >= -arity)):
+                self.reply_now(errors.reply("arity", name=spec.name))
+                return
+        kind = spec.kind
+        if kind == KIND_KEYED:
+            self.forward_keyed(spec, argv, frame)
+        elif kind == KIND_LOCAL:
+            self.ctx.local.handle(self, spec, argv)
+        elif kind == KIND_SPLIT:
+            self.ctx.fanout.split(self, spec, argv)
+        elif kind == KIND_ALL:
+            self.ctx.fanout.all_shards(self, spec, argv, frame)
+        elif kind == KIND_ANY:
+            self.forward_any(spec, frame)
+        elif kind == KIND_DENIED:
+            self.reply_now(errors.reply("denied", name=spec.name.replace("|", " ")))
+        else:
+            self.reply_now(errors.reply("unsupported", name=spec.name.replace("|", " ")))
+
+    def forward_keyed(self, spec: CommandSpec, argv: list[bytes], frame: bytes) -> None:
+        if is_blocking(spec, argv):
+            self.reply_now(errors.reply("blocking", name=spec.name))
+            return
+        positions = get_keys(spec, argv)
+        router = self.ctx.router
+        if not positions:
+            # no key in this form of the command (e.g. a wrong numkeys): let a node answer
+            self.send_to_shard(0, spec.write, frame)
+            return
+        shard = router.shard_of_keys([argv[i] for i in positions])
+        if shard < 0:
+            self.reply_now(errors.reply("crossslot"))
+            return
+        self.send_to_shard(shard, spec.write, frame)
+
+    def forward_any(self, spec: CommandSpec, frame: bytes) -> None:
+        router = self.ctx.router
+        for i, s in enumerate(router.shards):
+            if s.primary.usable:
+                self.send_to_shard(i, spec.write, frame)
+                return
+        self.send_to_shard(0, spec.write, frame)
+
+    def send_to_shard(
+        self, shard: int, write: bool, frame: bytes, slot: Slot | None = None
+    ) -> None:
+        """Send ``frame`` to the node serving ``shard``; queue a new slot unless one is given."""
+        if slot is None:
+            slot = Slot(self)
+            self.queue.append(slot)
+        self.send_leg(shard, write, frame, slot)
+
+    def send_leg(self, shard: int, write: bool, frame: bytes, slot: object) -> None:
+        """Send ``frame`` to ``shard``; ``slot`` (any reply slot) completes with the reply."""
+        node: Node | None = self.ctx.router.node(shard, write)
+        if node is None:
+            slot.complete(self._no_replica(shard))  # type: ignore[attr-defined]
+        else:
+            node.connection(self.proto, self.id).send(frame, slot)  # type: ignore[arg-type]
+
+    def _no_replica(self, shard: int) -> bytes:
+        return errors.reply("no_replica", shard=self.ctx.router.shards[shard].name)
+
+    def add_slot(self, slot: Slot | Gather) -> None:
+        self.queue.append(slot)  # type: ignore[arg-type]
+
+    def shard_count(self) -> int:
+        return len(self.ctx.router.shards)
+
+    def group_by_shard(self, keys: Sequence[bytes]) -> dict[int, list[int]]:
+        return self.ctx.router.group_by_shard(keys)
+
+    def reply_now(self, reply: bytes) -> None:
+        """Queue a reply the proxy has already made (it still waits for earlier ones)."""
+        self.queue.append(Slot(self, reply))
+
+    def close_after_reply(self) -> None:
+        """QUIT: answer what was asked so far, then close."""
+        self.closing = True
+
+    # -- replies ---------------------------------------------------------------------------
+
+    def flush(self) -> None:
+        """Write the completed replies at the head of the queue, in order, with one write."""
+        self.dirty = False
+        q = self.queue
+        if q and q[0].reply is not None:
+            out = []
+            while q and q[0].reply is not None:
+                out.append(q.popleft().reply)
+            t = self.transport
+            if t is not None:
+                t.write(out[0] if len(out) == 1 else b"".join(out))  # type: ignore[arg-type]
+            if self.reading_paused:
+                self._maybe_resume_reading()
+        if self.closing and not q and self.transport is not None:
+            self.transport.close()
+
+    def begin_drain(self) -> None:
+        """Shutdown: read nothing more; close once the outstanding replies are written."""
+        self.closing = True
+        self._pause_reading()
+        self.flush()

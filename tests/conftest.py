@@ -1,0 +1,279 @@
+"""Fixtures: real redis-server processes on ephemeral loopback ports, and the proxy in front.
+
+Nothing here mocks Redis. Every process a fixture starts is stopped by its PID when the fixture
+ends, whatever the test did.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import redis
+import yaml
+
+REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
+REPO = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, timeout: float = 10.0, proc: subprocess.Popen[bytes] | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before listening on {port}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return
+        time.sleep(0.02)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
+
+
+class RedisServer:
+    """One redis-server process on 127.0.0.1 (no persistence)."""
+
+    def __init__(self, workdir: Path, port: int | None = None, replicaof: int | None = None) -> None:
+        self.port = port or free_port()
+        self.replicaof = replicaof
+        self.dir = workdir / f"redis-{self.port}"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> RedisServer:
+        args = [
+            REDIS_SERVER,
+            "--port", str(self.port),
+            "--bind", "127.0.0.1",
+            "--save", "",
+            "--appendonly", "no",
+            "--daemonize", "no",
+            "--dir", str(self.dir),
+            "--logfile", str(self.dir / "redis.log"),
+        ]  # fmt: skip
+        if self.replicaof:
+            args += ["--replicaof", "127.0.0.1", str(self.replicaof)]
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_port(self.port, proc=self.proc)
+        return self
+
+    def client(self, **kw: object) -> redis.Redis:
+        return redis.Redis(host="127.0.0.1", port=self.port, protocol=2, **kw)  # type: ignore[arg-type]
+
+    def signal(self, sig: int) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, sig)
+
+    def kill(self) -> None:
+        if self.proc is not None:
+            self.signal(signal.SIGCONT)
+            self.signal(signal.SIGKILL)
+            self.proc.wait(10)
+            self.proc = None
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.signal(signal.SIGCONT)
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+            self.proc = None
+
+
+@dataclass
+class Shard:
+    name: str
+    primary: RedisServer
+    replicas: list[RedisServer] = field(default_factory=list)
+
+
+class Fleet:
+    """Shards of one primary and ``replicas`` replicas each, all real redis-server processes."""
+
+    def __init__(self, workdir: Path, shards: int = 3, replicas: int = 1) -> None:
+        self.workdir = workdir
+        self.shards: list[Shard] = []
+        for i in range(shards):
+            primary = RedisServer(workdir)
+            reps = [RedisServer(workdir, replicaof=primary.port) for _ in range(replicas)]
+            self.shards.append(Shard(f"s{i + 1}", primary, reps))
+
+    def start(self) -> Fleet:
+        for s in self.shards:
+            s.primary.start()
+        for s in self.shards:
+            for r in s.replicas:
+                r.start()
+        return self
+
+    def wait_replication(self, timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
+        for s in self.shards:
+            for r in s.replicas:
+                with r.client() as c:
+                    while c.info("replication").get("master_link_status") != "up":
+                        if time.monotonic() > deadline:
+                            raise TimeoutError(f"replica {r.address} never linked")
+                        time.sleep(0.05)
+
+    def servers(self) -> list[RedisServer]:
+        return [srv for s in self.shards for srv in (s.primary, *s.replicas)]
+
+    def stop(self) -> None:
+        for srv in self.servers():
+            srv.stop()
+
+    def flushall(self) -> None:
+        for s in self.shards:
+            if s.primary.proc is not None:
+                with s.primary.client() as c:
+                    c.flushall()
+
+    def topology(self, **extra: object) -> dict[str, object]:
+        topo: dict[str, object] = {
+            "listen": f"127.0.0.1:{free_port()}",
+            "admin": "off",
+            "shards": [
+                {
+                    "name": s.name,
+                    "primary": s.primary.address,
+                    "replicas": [r.address for r in s.replicas],
+                }
+                for s in self.shards
+            ],
+        }
+        topo.update(extra)
+        return topo
+
+    def owner(self, key: bytes | str) -> Shard:
+        """The shard whose primary holds ``key`` (looked up on the servers themselves)."""
+        for s in self.shards:
+            with s.primary.client() as c:
+                if c.exists(key):
+                    return s
+        raise KeyError(key)
+
+
+class Proxy:
+    """``python -m shardproxy run`` in a subprocess, with a topology written to a temp file."""
+
+    def __init__(self, topology: dict[str, object], workdir: Path) -> None:
+        self.topology = topology
+        self.path = workdir / f"topology-{free_port()}.yaml"
+        self.path.write_text(yaml.safe_dump(topology))
+        listen = topology["listen"]
+        assert isinstance(listen, str)
+        self.port = int(listen.rsplit(":", 1)[1])
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = workdir / f"proxy-{self.port}.log"
+
+    def start(self) -> Proxy:
+        env = dict(os.environ, PYTHONPATH=str(REPO))
+        self._logf = open(self.log, "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "shardproxy", "run", "-c", str(self.path), "--log-level", "info"],
+            stdout=self._logf,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+        wait_port(self.port, proc=self.proc)
+        return self
+
+    def client(self, protocol: int = 3, **kw: object) -> redis.Redis:
+        return redis.Redis(host="127.0.0.1", port=self.port, protocol=protocol, **kw)  # type: ignore[arg-type]
+
+    def stop(self) -> int | None:
+        code = None
+        if self.proc is not None:
+            if self.proc.poll() is None:
+                self.proc.send_signal(signal.SIGTERM)
+            try:
+                code = self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+            self.proc = None
+            self._logf.close()
+        return code
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+@pytest.fixture(scope="session")
+def workdir() -> Iterator[Path]:
+    d = Path(tempfile.mkdtemp(prefix="shardproxy-tests-"))
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def fleet(workdir: Path) -> Iterator[Fleet]:
+    """Three shards, primary + replica each, shared by the tests that do not break them."""
+    f = Fleet(workdir / "shared-fleet").start()
+    try:
+        f.wait_replication()
+        yield f
+    finally:
+        f.stop()
+
+
+@pytest.fixture(scope="session")
+def proxy(fleet: Fleet, workdir: Path) -> Iterator[Proxy]:
+    """The proxy in front of the shared fleet (read_policy primary)."""
+    p = Proxy(fleet.topology(), workdir).start()
+    try:
+        yield p
+    finally:
+        assert p.stop() == 0, p.output()
+
+
+@pytest.fixture
+def clean(fleet: Fleet) -> Fleet:
+    fleet.flushall()
+    return fleet
+
+
+@pytest.fixture
+def own_fleet(tmp_path: Path) -> Iterator[Fleet]:
+    """A fleet for one test that may kill or stop its servers."""
+    f = Fleet(tmp_path / "fleet").start()
+    try:
+        yield f
+    finally:
+        f.stop()
+
+
+@pytest.fixture
+def make_proxy(tmp_path: Path) -> Iterator[object]:
+    started: list[Proxy] = []
+
+    def make(topology: dict[str, object]) -> Proxy:
+        p = Proxy(topology, tmp_path).start()
+        started.append(p)
+        return p
+
+    yield make
+    for p in started:
+        p.stop()
