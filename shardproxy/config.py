@@ -1,0 +1,682 @@
+"""The topology file: YAML -> frozen dataclasses, with every default and rule in one place.
+
+The dataclasses below *are* the schema. Each field that can appear in the file declares, once,
+its default and, in its ``metadata``, the kind of value it takes and what it means. Everything
+else is derived from them:
+
+* :func:`parse` walks the dataclasses to validate a loaded YAML document and build a
+  :class:`Config`; it collects every problem before raising :class:`ConfigError`, each as
+  ``key.path: problem`` (``shards[1].primary: ...``, ``limits.foo: unknown key``);
+* :func:`reference_markdown` renders the README's topology reference (key, type, default,
+  meaning) from the same fields;
+* :func:`changed_settings` compares two configs key by key (``shardproxy diff``, reload logs).
+
+A field is a YAML key when its metadata has ``kind`` (a leaf value), ``section`` (a nested
+mapping, built as that dataclass) or ``sections`` (a list of such mappings). A field without a
+default is required. Rules that span several keys (shard names unique, a node in one place only,
+...) are in :func:`_cross_checks`.
+
+Nothing here does I/O except :func:`load`, and nothing imports asyncio.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from shardproxy.hashing import HASH_FUNCTIONS
+from shardproxy.ring import DISTRIBUTIONS as RING_DISTRIBUTIONS
+
+# --- value names the file accepts -------------------------------------------------------------
+
+#: Hash functions, twemproxy's set, as :mod:`shardproxy.hashing` declares them.
+HASH_FUNCTION_NAMES: tuple[str, ...] = tuple(HASH_FUNCTIONS)
+#: Key distributions, as :mod:`shardproxy.ring` declares them.
+DISTRIBUTIONS: tuple[str, ...] = tuple(RING_DISTRIBUTIONS)
+#: Where reads go: ``primary`` always; ``prefer-replica`` a healthy replica, else the primary;
+#: ``replica`` a healthy replica or an error.
+READ_POLICIES: tuple[str, ...] = ("primary", "prefer-replica", "replica")
+
+
+class ConfigError(Exception):
+    """The topology is invalid. ``problems`` lists every problem, each ``key.path: problem``."""
+
+    def __init__(self, problems: list[str], source: str | None = None) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+        #: The file the problems were found in, or None when parsing data that came from elsewhere.
+        self.source = source
+
+
+# --- addresses ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Address:
+    """A TCP endpoint (``host``, ``port``) or, when ``unix`` is not None, a unix socket path."""
+
+    host: str = ""
+    port: int = 0
+    unix: str | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> Address:
+        """``host:port``, ``[ipv6]:port`` or ``unix:/path``; ValueError says what is wrong.
+
+        Port 0 is accepted (an ephemeral port for a listener); node addresses are checked for a
+        real port by the config rules.
+        """
+        text = text.strip()
+        if text.startswith("unix:"):
+            path = text[len("unix:") :]
+            if not path:
+                raise ValueError("unix socket address needs a path, e.g. unix:/run/shardproxy.sock")
+            return cls(unix=path)
+        if text.startswith("["):
+            end = text.find("]")
+            if end < 0 or text[end + 1 : end + 2] != ":":
+                raise ValueError(f"bad address {text!r}: expected [ipv6]:port")
+            host, port_text = text[1:end], text[end + 2 :]
+        else:
+            host, sep, port_text = text.rpartition(":")
+            if not sep:
+                raise ValueError(f"bad address {text!r}: expected host:port or unix:/path")
+            if ":" in host:
+                raise ValueError(f"bad address {text!r}: write IPv6 hosts in brackets, [::1]:6379")
+        if not host:
+            raise ValueError(f"bad address {text!r}: missing host")
+        if not (port_text.isascii() and port_text.isdigit()) or not 0 <= int(port_text) <= 65535:
+            raise ValueError(f"bad address {text!r}: port must be a number 0..65535")
+        return cls(host=host, port=int(port_text))
+
+    def __str__(self) -> str:
+        if self.unix is not None:
+            return f"unix:{self.unix}"
+        if ":" in self.host:
+            return f"[{self.host}]:{self.port}"
+        return f"{self.host}:{self.port}"
+
+
+# --- value kinds: what a leaf accepts, how it is described, how it is converted ------------------
+
+
+class _Invalid(Exception):
+    """A value is wrong. ``problems`` are (path suffix such as ``[2]`` or "", message) pairs."""
+
+    def __init__(self, *problems: tuple[str, str]) -> None:
+        super().__init__(problems)
+        self.problems = problems
+
+
+def _bad(message: str) -> _Invalid:
+    return _Invalid(("", message))
+
+
+def _show(value: object) -> str:
+    """A value for messages, spelt as in YAML where it matters."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return repr(value)
+
+
+@dataclass(frozen=True)
+class _Kind:
+    """A kind of leaf value: ``type`` is the reference's "type" column, ``convert`` turns the YAML
+    value into the field's value or raises :class:`_Invalid`; ``display`` renders a field value
+    back in YAML form (defaults in the reference, ``changed_settings``)."""
+
+    type: str
+    convert: Callable[[object], Any]
+    display: Callable[[Any], str] = str
+    choices: tuple[str, ...] = ()
+
+
+def _int_value(value: object, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        need = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+        raise _bad(f"must be {need} (got {_show(value)})")
+    return value
+
+
+_SIZE_UNITS = {"": 1, "b": 1, "kb": 1024, "mb": 1024**2, "gb": 1024**3}
+_SIZE_RE = re.compile(r"^\s*(\d+)\s*([kmg]?b?)\s*$", re.IGNORECASE)
+
+
+def _size(value: object) -> int:
+    if isinstance(value, str):
+        match = _SIZE_RE.match(value)
+        unit = match.group(2).lower() if match else ""
+        if match and unit in _SIZE_UNITS and int(match.group(1)) > 0:
+            return int(match.group(1)) * _SIZE_UNITS[unit]
+        raise _bad(f"must be a positive size such as 65536, 64kb or 512mb (got {_show(value)})")
+    return _int_value(value, 1)
+
+
+def _show_size(value: int) -> str:
+    for unit in ("gb", "mb", "kb"):
+        if value % _SIZE_UNITS[unit] == 0:
+            return f"{value // _SIZE_UNITS[unit]}{unit}"
+    return str(value)
+
+
+def _string(value: object) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, dict) and not value:
+        raise _bad('must be a string; quote it, e.g. "{}"')
+    raise _bad(f"must be a string; quote it if it looks like a number (got {_show(value)})")
+
+
+def _optional_string(value: object) -> str | None:
+    return None if value is None else _string(value)
+
+
+def _name(value: object) -> str:
+    text = _string(value)
+    if not text or any(c.isspace() or not c.isprintable() for c in text):
+        raise _bad(f"must be a non-empty name without spaces (got {_show(value)})")
+    return text
+
+
+def _tag(value: object) -> str:
+    text = _string(value)
+    if len(text) not in (0, 2):
+        raise _bad(
+            f'must be "" (no hash tags) or exactly two characters such as "{{}}" (got {text!r})'
+        )
+    return text
+
+
+def _choice(noun: str, choices: tuple[str, ...]) -> _Kind:
+    def convert(value: object) -> str:
+        text = _string(value)
+        if text not in choices:
+            raise _bad(f"unknown {noun} {text!r} (one of {', '.join(choices)})")
+        return text
+
+    return _Kind("one of " + ", ".join(f"`{c}`" for c in choices), convert, choices=choices)
+
+
+def _address(value: object, *, listener: bool) -> Address:
+    text = _string(value)
+    try:
+        address = Address.parse(text)
+    except ValueError as exc:
+        raise _bad(str(exc)) from None
+    if address.unix is None and address.port == 0 and not listener:
+        raise _bad(f"bad address {text!r}: port 0 is only allowed for listeners")
+    return address
+
+
+def _node(value: object) -> Address:
+    return _address(value, listener=False)
+
+
+def _list(value: object, item: Callable[[object], Any], what: str) -> tuple[Any, ...]:
+    """A YAML list converted item by item; every bad item is reported with its index."""
+    if not isinstance(value, list):
+        raise _bad(f"must be a list of {what} (got {_show(value)})")
+    items: list[Any] = []
+    problems: list[tuple[str, str]] = []
+    for i, element in enumerate(value):
+        try:
+            items.append(item(element))
+        except _Invalid as exc:
+            problems.extend((f"[{i}]{sub}", message) for sub, message in exc.problems)
+    if problems:
+        raise _Invalid(*problems)
+    return tuple(items)
+
+
+def _listeners(value: object) -> tuple[Address, ...]:
+    if isinstance(value, str):
+        return (_address(value, listener=True),)
+    addresses = _list(value, lambda v: _address(v, listener=True), "addresses")
+    if not addresses:
+        raise _bad("must name at least one address")
+    return addresses
+
+
+def _admin(value: object) -> Address | None:
+    # YAML 1.1 reads a bare `off` as false.
+    if value is False or (isinstance(value, str) and value.strip().lower() == "off"):
+        return None
+    if value is None:
+        raise _bad('write "off" to disable the admin listener')
+    return _address(value, listener=True)
+
+
+def _command_names(value: object) -> frozenset[str]:
+    return frozenset(name.lower() for name in _list(value, _name, "command names"))
+
+
+def _show_addresses(value: tuple[Address, ...]) -> str:
+    return str(value[0]) if len(value) == 1 else "[" + ", ".join(map(str, value)) + "]"
+
+
+def _show_list(value: tuple[Any, ...] | frozenset[Any]) -> str:
+    return "[" + ", ".join(sorted(map(str, value))) + "]"
+
+
+def _show_string(value: str | None) -> str:
+    return "null" if value is None else f'"{value}"'
+
+
+POSITIVE_INT = _Kind("positive integer", lambda v: _int_value(v, 1))
+NON_NEGATIVE_INT = _Kind("integer >= 0", lambda v: _int_value(v, 0))
+SIZE = _Kind("size in bytes (65536, 64kb, 512mb)", _size, _show_size)
+NAME = _Kind("name", _name)
+OPTIONAL_STRING = _Kind("string or null", _optional_string, _show_string)
+TAG = _Kind('"" or two characters', _tag, _show_string)
+HASH_FUNCTION = _choice("hash function", HASH_FUNCTION_NAMES)
+DISTRIBUTION = _choice("distribution", DISTRIBUTIONS)
+READ_POLICY = _choice("read policy", READ_POLICIES)
+NODE = _Kind("address", _node)
+NODES = _Kind("list of addresses", lambda v: _list(v, _node, "addresses"), _show_list)
+LISTENERS = _Kind("address or list of addresses", _listeners, _show_addresses)
+ADMIN = _Kind('address or "off"', _admin, lambda v: "off" if v is None else str(v))
+COMMAND_NAMES = _Kind("list of command names", _command_names, _show_list)
+
+
+def _key(kind: _Kind, meaning: str, *, secret: bool = False) -> dict[str, object]:
+    """Metadata of a leaf key. ``secret`` values are never printed."""
+    return {"kind": kind, "meaning": meaning, "secret": secret}
+
+
+# --- the schema: one dataclass per section ------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class HashConfig:
+    """How a key picks its shard."""
+
+    function: str = field(
+        default="fnv1a_64", metadata=_key(HASH_FUNCTION, "hash function applied to the key")
+    )
+    distribution: str = field(
+        default="ketama",
+        metadata=_key(
+            DISTRIBUTION,
+            "`ketama`: consistent hashing, nutcracker-compatible; "
+            "`modula`: hash modulo the total weight",
+        ),
+    )
+    tag: str = field(
+        default="{}",
+        metadata=_key(
+            TAG, 'hash tag delimiters: only the part between them is hashed; `""` disables tags'
+        ),
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class ShardConfig:
+    """One shard: a primary and its replicas, placed on the ring by ``name`` and ``weight``."""
+
+    name: str = field(
+        metadata=_key(NAME, "stable identity of the shard on the ring (never its address)")
+    )
+    weight: int = field(default=1, metadata=_key(POSITIVE_INT, "relative share of the keyspace"))
+    primary: Address = field(metadata=_key(NODE, "the node that takes writes"))
+    replicas: tuple[Address, ...] = field(
+        default=(), metadata=_key(NODES, "nodes that may serve reads, per `read_policy`")
+    )
+
+    @property
+    def nodes(self) -> tuple[Address, ...]:
+        """Primary first, then the replicas."""
+        return (self.primary, *self.replicas)
+
+
+@dataclass(frozen=True)
+class TimeoutsConfig:
+    """How long the proxy waits on backends."""
+
+    connect_ms: int = field(
+        default=1000, metadata=_key(POSITIVE_INT, "opening a connection to a backend node")
+    )
+    command_ms: int = field(
+        default=1000,
+        metadata=_key(POSITIVE_INT, "a reply from a backend node before the client gets an error"),
+    )
+
+
+@dataclass(frozen=True)
+class BackendConfig:
+    """Connections from the proxy to every node."""
+
+    connections: int = field(
+        default=1,
+        metadata=_key(POSITIVE_INT, "connections to each node, per worker; requests are pipelined"),
+    )
+    username: str | None = field(
+        default=None, metadata=_key(OPTIONAL_STRING, "ACL user for AUTH on backend connections")
+    )
+    password: str | None = field(
+        default=None,
+        metadata=_key(
+            OPTIONAL_STRING, "password for AUTH on backend connections; null: no AUTH", secret=True
+        ),
+    )
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    """Per-client and per-process limits."""
+
+    max_pending_per_client: int = field(
+        default=1024,
+        metadata=_key(
+            POSITIVE_INT, "requests a client may have outstanding before the proxy stops reading it"
+        ),
+    )
+    max_request_bytes: int = field(
+        default=512 * 1024**2,
+        metadata=_key(SIZE, "largest request frame; a larger one is a protocol error"),
+    )
+    max_inline_bytes: int = field(
+        default=64 * 1024, metadata=_key(SIZE, "longest inline (telnet-style) command line")
+    )
+    max_clients: int = field(
+        default=10000, metadata=_key(POSITIVE_INT, "client connections per worker")
+    )
+
+
+@dataclass(frozen=True)
+class ShutdownConfig:
+    """What happens on SIGTERM/SIGINT."""
+
+    drain_timeout_ms: int = field(
+        default=5000,
+        metadata=_key(
+            NON_NEGATIVE_INT, "how long in-flight requests may finish before connections close"
+        ),
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class Config:
+    """A validated topology. Built by :func:`parse`/:func:`load`; immutable, so a reload builds a
+    new one and swaps it in whole."""
+
+    listen: tuple[Address, ...] = field(
+        default=(Address("127.0.0.1", 6380),),
+        metadata=_key(LISTENERS, 'RESP listener(s): "host:port", "[::1]:port" or "unix:/path"'),
+    )
+    admin: Address | None = field(
+        default=Address("127.0.0.1", 9121),
+        metadata=_key(ADMIN, "HTTP admin listener (/metrics, /healthz, /readyz, /topology)"),
+    )
+    hash: HashConfig = field(default_factory=HashConfig, metadata={"section": HashConfig})
+    read_policy: str = field(
+        default="primary",
+        metadata=_key(
+            READ_POLICY,
+            "where reads go: `primary`; `prefer-replica` (a healthy replica, else the primary); "
+            "`replica` (a healthy replica, else an error)",
+        ),
+    )
+    shards: tuple[ShardConfig, ...] = field(metadata={"sections": ShardConfig})
+    timeouts: TimeoutsConfig = field(
+        default_factory=TimeoutsConfig, metadata={"section": TimeoutsConfig}
+    )
+    backend: BackendConfig = field(
+        default_factory=BackendConfig, metadata={"section": BackendConfig}
+    )
+    limits: LimitsConfig = field(default_factory=LimitsConfig, metadata={"section": LimitsConfig})
+    shutdown: ShutdownConfig = field(
+        default_factory=ShutdownConfig, metadata={"section": ShutdownConfig}
+    )
+    deny_commands: frozenset[str] = field(
+        default=frozenset(),
+        metadata=_key(COMMAND_NAMES, "commands refused with an error (any case)"),
+    )
+    #: The file this was loaded from; None when parsed from data. Not a YAML key.
+    source: str | None = None
+
+    def shard(self, name: str) -> ShardConfig:
+        """The shard called ``name`` (KeyError if there is none)."""
+        for shard in self.shards:
+            if shard.name == name:
+                return shard
+        raise KeyError(name)
+
+
+# --- walking the schema -------------------------------------------------------------------------
+
+
+def _yaml_keys(cls: type) -> Iterator[dataclasses.Field[Any]]:
+    """The fields of a section dataclass that are YAML keys, in declaration order."""
+    for f in dataclasses.fields(cls):
+        if f.metadata:
+            yield f
+
+
+def _required(f: dataclasses.Field[Any]) -> bool:
+    return f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+
+
+def _build(cls: type, data: object, path: str, problems: list[str]) -> Any:
+    """Build section ``cls`` from YAML ``data`` at ``path`` ("" or "name." / "name[i]."),
+    appending problems. Returns None when the section has problems."""
+    if data is None:
+        data = {}
+    if not isinstance(data, Mapping):
+        problems.append(f"{path.rstrip('.') or '(top level)'}: must be a mapping of keys")
+        return None
+    before = len(problems)
+    keys = {f.name: f for f in _yaml_keys(cls)}
+    for key in data:
+        if key not in keys:
+            problems.append(f"{path}{key}: unknown key")
+    values: dict[str, Any] = {}
+    for name, f in keys.items():
+        here = path + name
+        if name not in data:
+            if _required(f):
+                problems.append(f"{here}: required key is missing")
+            continue
+        value = data[name]
+        if "section" in f.metadata:
+            values[name] = _build(f.metadata["section"], value, here + ".", problems)
+        elif "sections" in f.metadata:
+            if not isinstance(value, list):
+                problems.append(f"{here}: must be a list (got {_show(value)})")
+                continue
+            values[name] = tuple(
+                _build(f.metadata["sections"], item, f"{here}[{i}].", problems)
+                for i, item in enumerate(value)
+            )
+        else:
+            try:
+                values[name] = f.metadata["kind"].convert(value)
+            except _Invalid as exc:
+                problems.extend(f"{here}{sub}: {message}" for sub, message in exc.problems)
+    if len(problems) > before:
+        return None
+    return cls(**values)
+
+
+def _cross_checks(data: Mapping[Any, Any], problems: list[str]) -> None:
+    """Rules spanning several keys, checked on the raw data so they add to the other problems."""
+    shards = data.get("shards")
+    if shards == []:
+        problems.append("shards: must list at least one shard")
+    if not isinstance(shards, list):
+        shards = []
+    names: dict[str, int] = {}
+    nodes: dict[Address, str] = {}
+    for i, shard in enumerate(shards):
+        if not isinstance(shard, Mapping):
+            continue
+        name = shard.get("name")
+        if isinstance(name, str):
+            if name in names:
+                problems.append(f"shards[{i}].name: duplicate shard name {name!r}")
+            names.setdefault(name, i)
+        listed: list[tuple[str, object]] = [(f"shards[{i}].primary", shard.get("primary"))]
+        replicas = shard.get("replicas")
+        if isinstance(replicas, list):
+            listed += [(f"shards[{i}].replicas[{j}]", r) for j, r in enumerate(replicas)]
+        for where, text in listed:
+            address = _parsed(text)
+            if address is None:
+                continue
+            if address in nodes:
+                problems.append(f"{where}: node {address} is already listed at {nodes[address]}")
+            else:
+                nodes[address] = where
+    listen = data.get("listen", LISTENERS.display(Config.__dataclass_fields__["listen"].default))
+    listeners = [("listen", listen)] if isinstance(listen, str) else []
+    if isinstance(listen, list):
+        listeners = [(f"listen[{i}]", text) for i, text in enumerate(listen)]
+    seen: dict[Address, str] = {}
+    for where, text in listeners:
+        address = _parsed(text)
+        if address is None:
+            continue
+        if address in nodes:
+            problems.append(f"{where}: {address} is also a backend node ({nodes[address]})")
+        if address in seen:
+            problems.append(f"{where}: {address} is already listed at {seen[address]}")
+        seen.setdefault(address, where)
+    admin = _parsed(data.get("admin"))
+    if admin is not None and admin in seen:
+        problems.append(f"admin: {admin} is also a RESP listener ({seen[admin]})")
+    backend = data.get("backend")
+    if isinstance(backend, Mapping) and backend.get("username") and not backend.get("password"):
+        problems.append("backend.username: needs backend.password as well")
+
+
+def _parsed(text: object) -> Address | None:
+    if not isinstance(text, str):
+        return None
+    try:
+        return Address.parse(text)
+    except ValueError:
+        return None
+
+
+def parse(data: object, source: str | None = None) -> Config:
+    """Validate a loaded YAML document and build the :class:`Config`.
+
+    Raises :class:`ConfigError` listing every problem found, each with its key path.
+    """
+    problems: list[str] = []
+    config = _build(Config, data, "", problems)
+    if isinstance(data, Mapping):
+        _cross_checks(data, problems)
+    if problems or config is None:
+        raise ConfigError(problems, source)
+    return dataclasses.replace(config, source=source)
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice in one mapping (PyYAML keeps the last one)."""
+
+
+def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+    seen: set[object] = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node)
+        try:
+            duplicate = key in seen
+            seen.add(key)
+        except TypeError:  # an unhashable key; construct_mapping reports it
+            continue
+        if duplicate:
+            raise yaml.constructor.ConstructorError(
+                "while constructing a mapping",
+                node.start_mark,
+                f"found duplicate key {key!r}",
+                key_node.start_mark,
+            )
+    return loader.construct_mapping(node)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def load(path: str) -> Config:
+    """Read and :func:`parse` the topology file at ``path``.
+
+    An unreadable file or invalid YAML is a :class:`ConfigError` too, its problem prefixed with
+    the path (and ``:line:column`` for YAML errors).
+    """
+    try:
+        with open(path, "rb") as f:
+            text = f.read()
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read: {exc.strerror or exc}"], path) from None
+    try:
+        data = yaml.load(text, Loader=_StrictLoader)  # a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        where = path
+        mark = getattr(exc, "problem_mark", None)
+        if mark is not None:
+            where = f"{path}:{mark.line + 1}:{mark.column + 1}"
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError([f"{where}: invalid YAML: {problem}"], path) from None
+    return parse(data, source=path)
+
+
+# --- derived views ------------------------------------------------------------------------------
+
+
+def _leaves(cls: type, prefix: str = "") -> Iterator[tuple[str, dataclasses.Field[Any]]]:
+    """(key path, field) of every leaf key, sections expanded (list items as ``name[].key``)."""
+    for f in _yaml_keys(cls):
+        if "section" in f.metadata:
+            yield from _leaves(f.metadata["section"], f"{prefix}{f.name}.")
+        elif "sections" in f.metadata:
+            yield from _leaves(f.metadata["sections"], f"{prefix}{f.name}[].")
+        else:
+            yield prefix + f.name, f
+
+
+def _display(f: dataclasses.Field[Any], value: Any) -> str:
+    kind: _Kind = f.metadata["kind"]
+    if f.metadata["secret"] and value is not None:
+        return "(hidden)"
+    return kind.display(value)
+
+
+def reference_markdown() -> str:
+    """The README's topology reference: one row per key with its type, default and meaning."""
+    rows = ["| key | type | default | meaning |", "| --- | --- | --- | --- |"]
+    for path, f in _leaves(Config):
+        kind: _Kind = f.metadata["kind"]
+        if _required(f):
+            default = "required"
+        else:
+            value = f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
+            default = f"`{_display(f, value)}`"
+        rows.append(f"| `{path}` | {kind.type} | {default} | {f.metadata['meaning']} |")
+    return "\n".join(rows)
+
+
+def changed_settings(old: Config, new: Config) -> list[tuple[str, str, str]]:
+    """(key path, old, new) for every setting outside ``shards`` that differs, values shown in
+    YAML form. Secrets show as ``(hidden)`` but are still compared."""
+    changes = []
+    for path, f in _leaves(Config):
+        if "[]" in path:
+            continue
+        old_value, new_value = _lookup(old, path), _lookup(new, path)
+        if old_value != new_value:
+            changes.append((path, _display(f, old_value), _display(f, new_value)))
+    return changes
+
+
+def _lookup(config: Config, path: str) -> Any:
+    value: Any = config
+    for part in path.split("."):
+        value = getattr(value, part)
+    return value
