@@ -34,11 +34,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+from bisect import bisect_left
 from collections import deque
 from dataclasses import dataclass
+from time import perf_counter as clock
 from typing import Protocol, cast
 
 from shardproxy import errors, resp
+from shardproxy.metrics import Histogram
 
 log = logging.getLogger("shardproxy.backend")
 
@@ -58,6 +61,8 @@ class Flushable(Protocol):
 
 class ReplySlot(Protocol):
     """Where a reply goes. ``complete`` returns the session to flush, or None."""
+
+    t0: float  # perf_counter() when the client's request was read (latency histogram)
 
     def complete(self, reply: bytes) -> Flushable | None: ...
 
@@ -87,15 +92,23 @@ class Node:
     ``usable`` is False while the node's connections are DOWN (the last connect attempt or
     connection failed); routing skips unusable replicas. A node that has never been tried is
     usable.
+
+    Metrics: ``requests`` and ``errors`` are plain counters; ``latency`` (owned by the runtime,
+    None when command metrics are off) is observed at series ``latency_series``.
     """
 
     __slots__ = (
         "_conns",
         "address",
+        "errors",
         "host",
+        "lag_bytes",
+        "latency",
+        "latency_series",
         "listener",
         "loop",
         "port",
+        "requests",
         "role",
         "settings",
         "shard",
@@ -120,10 +133,17 @@ class Node:
         self.host = host
         self.port = port
         self.unix = unix
-        self.address = f"unix:{unix}" if unix else (f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+        self.address = (
+            f"unix:{unix}" if unix else (f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+        )
         self.settings = settings
         self.listener = listener
         self.usable = True
+        self.requests = 0  # requests sent to this node (all connections)
+        self.errors = {"timeout": 0, "connection": 0, "protocol": 0}  # connection failures
+        self.latency: Histogram | None = None
+        self.latency_series = 0
+        self.lag_bytes: int | None = None  # replicas: bytes behind the primary (health probes)
         # protocol (2 or 3) -> the connections for clients speaking it (created on first use)
         self._conns: dict[int, list[BackendConnection]] = {}
 
@@ -214,6 +234,7 @@ class BackendConnection(asyncio.Protocol):
         """Queue ``frame``; ``slot`` completes with its reply (or with an error reply)."""
         state = self.state
         if state is READY or state is CONNECTING:
+            self.node.requests += 1
             pending = self.pending
             if not pending:
                 self.head_since = self.loop.time()
@@ -257,7 +278,10 @@ class BackendConnection(asyncio.Protocol):
                 coro = self.loop.create_connection(lambda: self, node.host, node.port)
             await asyncio.wait_for(coro, node.settings.connect_timeout)
         except TimeoutError:
-            self._fail(f"connect timed out after {int(node.settings.connect_timeout * 1000)} ms")
+            self._fail(
+                f"connect timed out after {int(node.settings.connect_timeout * 1000)} ms",
+                kind="timeout",
+            )
         except OSError as exc:
             self._fail(exc.strerror or str(exc))
 
@@ -304,7 +328,7 @@ class BackendConnection(asyncio.Protocol):
         try:
             replies = self._scanner.feed(data)
         except resp.ReplyError as exc:
-            self._fail(f"protocol error from server: {exc}")
+            self._fail(f"protocol error from server: {exc}", kind="protocol")
             return
         if not replies:
             return
@@ -313,24 +337,35 @@ class BackendConnection(asyncio.Protocol):
                 r = replies.pop(0)
                 self._handshake_left -= 1
                 if resp.is_error(r):
-                    self._fail("handshake refused: " + r[1:-2].decode("utf-8", "replace"))
+                    msg = r[1:-2].decode("utf-8", "replace")
+                    self._fail("handshake refused: " + msg, kind="protocol")
                     return
             if self._handshake_left:
                 return
             self._ready()
         pending = self.pending
         touched: list[Flushable] = []
+        self.head_since = self.loop.time()
+        hist = self.node.latency
+        if hist is not None:
+            now = clock()
+            series = self.node.latency_series
+            counts, sums, nb, bounds = hist.counts, hist.sums, hist.nb, hist.bounds
         for r in replies:
             if r[0] == resp.PUSH:
                 continue  # out-of-band push (RESP3); nothing subscribed, nothing to deliver
             if not pending:
-                self._fail("reply without a request")
+                self._fail("reply without a request", kind="protocol")
                 return
-            s = pending.popleft().complete(r)
+            slot = pending.popleft()
+            if hist is not None:
+                dt = now - slot.t0
+                counts[series * nb + bisect_left(bounds, dt)] += 1
+                sums[series] += dt
+            s = slot.complete(r)
             if s is not None and not s.dirty:
                 s.dirty = True
                 touched.append(s)
-        self.head_since = self.loop.time()
         for s in touched:
             s.flush()
 
@@ -348,8 +383,10 @@ class BackendConnection(asyncio.Protocol):
         timeout = self.node.settings.command_timeout
         if self.loop.time() >= self.head_since + timeout - 0.001:
             ms = int(timeout * 1000)
-            err = errors.reply("shard_timeout", shard=self.node.shard, node=self.node.address, ms=ms)
-            self._fail(f"no reply within {ms} ms", err)
+            err = errors.reply(
+                "shard_timeout", shard=self.node.shard, node=self.node.address, ms=ms
+            )
+            self._fail(f"no reply within {ms} ms", err, kind="timeout")
         else:
             self._arm_timer()
 
@@ -361,9 +398,12 @@ class BackendConnection(asyncio.Protocol):
         if self.state is not DOWN:
             self._fail(str(exc) if exc else "connection closed by server")
 
-    def _fail(self, reason: str, reply: bytes | None = None) -> None:
-        """Drop the connection: fail every pending request, go DOWN, schedule a reconnect."""
+    def _fail(self, reason: str, reply: bytes | None = None, kind: str = "connection") -> None:
+        """Drop the connection: fail every pending request, go DOWN, schedule a reconnect.
+
+        ``kind`` is the metrics' error type: timeout, connection or protocol."""
         was_ready = self.state is READY
+        self.node.errors[kind] += 1
         self.last_error = reason
         if reply is None:
             if was_ready:

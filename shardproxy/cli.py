@@ -235,6 +235,13 @@ def _diff(args: argparse.Namespace) -> int:
     return 0
 
 
+def _metrics(args: argparse.Namespace) -> int:
+    from shardproxy import metrics
+
+    print(metrics.markdown_table() if args.markdown else metrics.text_table())
+    return 0
+
+
 # --- argument parsing -------------------------------------------------------------------------
 
 
@@ -287,6 +294,9 @@ def build_parser() -> argparse.ArgumentParser:
     diff.add_argument("--json", action="store_true", help="machine-readable output")
     diff.add_argument("old", metavar="OLD")
     diff.add_argument("new", metavar="NEW")
+
+    metrics = command("metrics", _metrics, "list every metric the proxy exports")
+    metrics.add_argument("--markdown", action="store_true", help="as a Markdown table")
     return parser
 
 

@@ -78,9 +78,9 @@ POLICY_TABLE: Final[tuple[tuple[str, str, str | None], ...]] = (
     # -- answered by the proxy
     ("ping echo quit select hello info auth reset",                  KIND_LOCAL,       None),
     ("client client|setname client|getname client|setinfo client|id "
-     "client|no-evict client|no-touch client|info client|reply",     KIND_LOCAL,       None),
+     "client|no-evict client|no-touch client|info",                  KIND_LOCAL,       None),
     ("command command|count command|info command|docs command|getkeys "
-     "command|getkeysandflags command|list",                         KIND_LOCAL,       None),
+     "command|list",                                                 KIND_LOCAL,       None),
     # -- keyed subcommands of containers that are otherwise refused
     ("memory|usage object|encoding object|freq object|idletime "
      "object|refcount",                                              KIND_KEYED,       None),
@@ -179,6 +179,7 @@ class CommandSpec:
     deprecated_since: str
     replaced_by: str
     parent: str | None  # container name for subcommands ("client"), else None
+    index: int = -1  # position in iter_specs(): the metrics' per-command counter slot
 
     @property
     def is_container(self) -> bool:
@@ -283,6 +284,13 @@ def iter_specs() -> Iterator[CommandSpec]:
         yield spec
         if spec.subcommands is not None:
             yield from spec.subcommands.values()
+
+
+for _i, _spec in enumerate(iter_specs()):
+    object.__setattr__(_spec, "index", _i)  # frozen: numbered once, here, at import
+
+SPEC_COUNT: Final[int] = _i + 1
+"""Number of specs (commands and subcommands); index SPEC_COUNT stands for unknown commands."""
 
 
 def _known_names() -> frozenset[str]:

@@ -285,6 +285,15 @@ ADMIN = _Kind('address or "off"', _admin, lambda v: "off" if v is None else str(
 COMMAND_NAMES = _Kind("list of command names", _command_names, _show_list)
 
 
+def _bool(value: object) -> bool:
+    if not isinstance(value, bool):
+        raise _bad(f"must be true or false (got {_show(value)})")
+    return value
+
+
+BOOL = _Kind("boolean", _bool, lambda v: "true" if v else "false")
+
+
 def _key(kind: _Kind, meaning: str, *, secret: bool = False) -> dict[str, object]:
     """Metadata of a leaf key. ``secret`` values are never printed."""
     return {"kind": kind, "meaning": meaning, "secret": secret}
@@ -401,6 +410,20 @@ class ShutdownConfig:
     )
 
 
+@dataclass(frozen=True)
+class MetricsConfig:
+    """What the proxy counts for /metrics and INFO."""
+
+    commands: bool = field(
+        default=True,
+        metadata=_key(
+            BOOL,
+            "count every command and its latency (per command and per backend); "
+            "false saves a little CPU per request",
+        ),
+    )
+
+
 @dataclass(frozen=True, kw_only=True)
 class Config:
     """A validated topology. Built by :func:`parse`/:func:`load`; immutable, so a reload builds a
@@ -433,6 +456,9 @@ class Config:
     limits: LimitsConfig = field(default_factory=LimitsConfig, metadata={"section": LimitsConfig})
     shutdown: ShutdownConfig = field(
         default_factory=ShutdownConfig, metadata={"section": ShutdownConfig}
+    )
+    metrics: MetricsConfig = field(
+        default_factory=MetricsConfig, metadata={"section": MetricsConfig}
     )
     deny_commands: frozenset[str] = field(
         default=frozenset(),

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Sequence
-from typing import Protocol
+from typing import Protocol, cast
 
 from shardproxy import errors, resp
 from shardproxy.commands import CommandSpec
@@ -53,9 +53,11 @@ class LegSender(Protocol):
 class Gather:
     """The client's slot for a fan-out request: complete when every leg has answered."""
 
-    __slots__ = ("data", "left", "merge", "proto", "reply", "results", "session")
+    __slots__ = ("cmd", "data", "left", "merge", "proto", "reply", "results", "session", "t0")
 
-    def __init__(self, session: object, legs: int, merge: Merge, proto: int, data: object = None) -> None:
+    def __init__(
+        self, session: object, legs: int, merge: Merge, proto: int, data: object = None
+    ) -> None:
         self.session = session  # the client (None once it has gone)
         self.reply: bytes | None = None
         self.results: list[bytes] = [b""] * legs  # raw reply of each leg, by leg index
@@ -63,6 +65,8 @@ class Gather:
         self.merge = merge
         self.proto = proto  # the client's protocol when the request was made
         self.data = data  # what the merge needs besides the replies (e.g. key positions)
+        self.cmd = 0  # command table index and read time, for metrics (set by the session)
+        self.t0 = 0.0
 
     def leg_done(self, index: int, reply: bytes) -> object | None:
         self.results[index] = reply
@@ -72,7 +76,11 @@ class Gather:
         try:
             self.reply = self.merge(self)
         except (resp.ReplyError, ValueError, IndexError) as exc:
-            self.reply = b"-ERR shardproxy could not merge the shard replies: " + str(exc).encode()[:200] + b"\r\n"
+            self.reply = (
+                b"-ERR shardproxy could not merge the shard replies: "
+                + str(exc).encode()[:200]
+                + b"\r\n"
+            )
         return self.session
 
     def first_error(self) -> bytes | None:
@@ -85,11 +93,12 @@ class Gather:
 class Leg:
     """One shard's part of a fan-out: a reply slot that answers its parent by index."""
 
-    __slots__ = ("index", "parent")
+    __slots__ = ("index", "parent", "t0")
 
     def __init__(self, parent: Gather, index: int) -> None:
         self.parent = parent
         self.index = index
+        self.t0 = parent.t0  # when the request was read (backend latency metrics)
 
     def complete(self, reply: bytes) -> object | None:
         return self.parent.leg_done(self.index, reply)
@@ -184,7 +193,7 @@ def merge_scan(g: Gather) -> bytes:
     raw = g.results[0]
     if resp.is_error(raw):
         return raw
-    shard, shards = g.data  # type: ignore[misc]
+    shard, shards = cast(tuple[int, int], g.data)
     items = resp.split_aggregate(raw)
     if items is None or len(items) != 2:
         raise resp.ReplyError("unexpected SCAN reply")
@@ -224,7 +233,9 @@ class Fanout:
                 sub.extend(args[p * step : p * step + step])
             session.send_leg(shard, spec.write, resp.encode_command(sub), Leg(g, index))
 
-    def all_shards(self, session: LegSender, spec: CommandSpec, argv: list[bytes], frame: bytes) -> None:
+    def all_shards(
+        self, session: LegSender, spec: CommandSpec, argv: list[bytes], frame: bytes
+    ) -> None:
         """DBSIZE, KEYS, FLUSHDB, RANDOMKEY ...: every shard's primary; SCAN: one shard."""
         n = session.shard_count()
         if spec.merge == "scan":
@@ -245,7 +256,9 @@ class Fanout:
             return
         self.broadcast(session, frame, MERGES[spec.merge or "ok"])
 
-    def broadcast(self, session: LegSender, frame: bytes, merge: Merge, data: object = None) -> None:
+    def broadcast(
+        self, session: LegSender, frame: bytes, merge: Merge, data: object = None
+    ) -> None:
         """Send ``frame`` to every shard's primary and merge with ``merge``."""
         n = session.shard_count()
         g = Gather(session, n, merge, session.proto, data)

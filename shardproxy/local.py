@@ -146,7 +146,9 @@ class LocalCommands:
         attr = argv[2].lower()
         if attr not in (b"lib-name", b"lib-ver"):
             s.reply_now(
-                b"-ERR Unrecognized option '" + argv[2][:64].replace(b"\r", b"").replace(b"\n", b"") + b"'\r\n"
+                b"-ERR Unrecognized option '"
+                + argv[2][:64].replace(b"\r", b"").replace(b"\n", b"")
+                + b"'\r\n"
             )
             return
         s.info[attr] = argv[3]
@@ -294,7 +296,10 @@ def _top_specs() -> list[CommandSpec]:
 def _command_info(spec: CommandSpec, proto: int) -> bytes:
     flags = resp.array([resp.simple(_b(f)) for f in spec.flag_list])
     subs = (
-        [_command_info(sub, proto) for sub in sorted(spec.subcommands.values(), key=lambda x: x.name)]
+        [
+            _command_info(sub, proto)
+            for sub in sorted(spec.subcommands.values(), key=lambda x: x.name)
+        ]
         if spec.subcommands
         else []
     )

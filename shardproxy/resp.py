@@ -96,12 +96,12 @@ class RequestParser:
                     self.error = "too big mbulk count string"
                 return pos
             head = buf[pos + 1 : nl]
-            if head.isdigit():
+            if head.isdigit() and (head[0] != 48 or len(head) == 1):  # no leading zero, as Redis
                 count = int(head)
                 if count > MAX_MULTIBULK:
                     self.error = "invalid multibulk length"
                     return pos
-            elif head.startswith(b"-") and head[1:].isdigit():
+            elif head[:1] == b"-" and head[1:].isdigit() and head[1] != 48:
                 pos = nl + 2  # "*-1": Redis ignores a null request
                 continue
             else:
@@ -125,7 +125,7 @@ class RequestParser:
                         self.error = "invalid bulk length"
                     return pos
                 head = buf[p + 1 : nl]
-                if not head.isdigit():
+                if not head.isdigit() or (head[0] == 48 and len(head) > 1):
                     self.error = "invalid bulk length"
                     return pos
                 length = int(head)
@@ -181,7 +181,7 @@ def split_inline(line: bytes) -> list[bytes]:
     i, n = 0, len(line)
     escapes = {ord("n"): b"\n", ord("r"): b"\r", ord("t"): b"\t", ord("b"): b"\b", ord("a"): b"\a"}
     while True:
-        while i < n and line[i] in b" \t\n\r\v\f":
+        while i < n and line[i] in b" \t\n\r":
             i += 1
         if i >= n:
             return args
@@ -208,7 +208,7 @@ def split_inline(line: bytes) -> list[bytes]:
                     i += 1
                     cur += escapes.get(line[i], bytes([line[i]]))
                 elif c == 34:
-                    if i + 1 < n and line[i + 1] not in b" \t\n\r\v\f":
+                    if i + 1 < n and line[i + 1] not in b" \t\n\r":
                         raise ValueError("closing quote must be followed by a space")
                     i += 1
                     break
@@ -219,14 +219,14 @@ def split_inline(line: bytes) -> list[bytes]:
                     i += 1
                     cur.append(39)
                 elif c == 39:
-                    if i + 1 < n and line[i + 1] not in b" \t\n\r\v\f":
+                    if i + 1 < n and line[i + 1] not in b" \t\n\r":
                         raise ValueError("closing quote must be followed by a space")
                     i += 1
                     break
                 else:
                     cur.append(c)
             else:
-                if c in b" \t\n\r\v\f":
+                if c in b" \t\n\r":
                     break
                 if c in (34, 39):
                     quote = c
@@ -351,7 +351,7 @@ class ReplyScanner:
 
     @property
     def buffered(self) -> int:
-        return self._have + sum(len(c) for c in self._chunks)
+        return self._have
 
 
 def reply_end(buf: bytes, pos: int) -> int:
@@ -391,8 +391,12 @@ def split_aggregate(raw: bytes) -> list[bytes] | None:
     Leading attributes are skipped. Raises ReplyError if ``raw`` is not an aggregate.
     """
     pos = 0
-    while raw[pos] == _ATTRIBUTE:
-        pos = reply_end(raw, pos)
+    while raw[pos] == _ATTRIBUTE:  # skip the attribute's pairs, keep the value after them
+        nl = raw.find(CRLF, pos)
+        pairs = int(raw[pos + 1 : nl])
+        pos = nl + 2
+        for _ in range(2 * pairs):
+            pos = reply_end(raw, pos)
     nl = raw.find(CRLF, pos)
     if raw[pos] not in _AGG_TYPES:
         raise ReplyError(f"expected an array, got {raw[:40]!r}")

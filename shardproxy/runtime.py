@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import itertools
+import platform
 import time
 from typing import TYPE_CHECKING
 
-from shardproxy import commands
+from shardproxy import __version__, commands, metrics
 from shardproxy.backend import BackendSettings, Node
 from shardproxy.commands import CommandSpec
 from shardproxy.config import Config
@@ -28,14 +30,26 @@ if TYPE_CHECKING:
 
 
 class Stats:
-    """Plain counters bumped on the hot path and read by INFO."""
+    """Plain counters bumped on the hot path and read by INFO and /metrics."""
 
-    __slots__ = ("commands", "connections_received", "connections_rejected")
+    __slots__ = (
+        "bytes_in",
+        "bytes_out",
+        "commands",
+        "connections_received",
+        "connections_rejected",
+        "failovers",
+        "reloads",
+    )
 
     def __init__(self) -> None:
-        self.commands = 0
+        self.commands = 0  # requests parsed
         self.connections_received = 0
         self.connections_rejected = 0
+        self.bytes_in = 0  # from clients
+        self.bytes_out = 0  # to clients
+        self.failovers: dict[tuple[str, str], int] = {}  # (shard, result) -> count
+        self.reloads = {"success": 0, "failure": 0}
 
 
 def command_table(deny: frozenset[str]) -> dict[bytes, CommandSpec]:
@@ -46,6 +60,12 @@ def command_table(deny: frozenset[str]) -> dict[bytes, CommandSpec]:
             if spec.name in deny:
                 table[key] = dataclasses.replace(spec, kind=KIND_DENIED, single_key=False)
     return table
+
+
+@functools.cache
+def command_label_names() -> tuple[str, ...]:
+    """The ``command`` label of each command table index (and "unknown" after the last)."""
+    return (*(spec.name.replace("|", " ") for spec in commands.iter_specs()), "unknown")
 
 
 def backend_settings(config: Config) -> BackendSettings:
@@ -77,6 +97,11 @@ class ProxyContext:
         self.deny = config.deny_commands
         self.table = command_table(self.deny)
         self.stats = Stats()
+        self.count_commands = config.metrics.commands
+        self.command_counters = metrics.CommandCounters(commands.SPEC_COUNT + 1)
+        # backend latency: one histogram series per (shard, role)
+        self.backend_latency = metrics.Histogram(0)
+        self.latency_series: dict[tuple[str, str], int] = {}
         self.start_time = time.time()
         self.clients: set[ClientSession] = set()
         self._ids = itertools.count(1)
@@ -105,6 +130,11 @@ class ProxyContext:
         port = getattr(address, "port", 0)
         unix = getattr(address, "unix", None)
         node = Node(self.loop, shard, role, host, port, settings, unix=unix)
+        if self.count_commands:
+            series = self.latency_series.setdefault((shard, role), len(self.latency_series))
+            self.backend_latency.grow(series + 1)
+            node.latency = self.backend_latency
+            node.latency_series = series
         self.nodes[node.address] = node
         return node
 
@@ -146,15 +176,26 @@ class ProxyContext:
             )
             shards.append((f"shard_{s.name}", nodes))
         listen = ",".join(str(a) for a in self.config.listen)
+        st = self.stats
         return [
             ("Server", [*process_info(self.start_time), ("listen", listen)]),
-            ("Clients", [("connected_clients", len(self.clients))]),
+            (
+                "Clients",
+                [
+                    ("connected_clients", len(self.clients)),
+                    ("pending_requests", self.pending_requests()),
+                ],
+            ),
             (
                 "Stats",
                 [
-                    ("total_connections_received", self.stats.connections_received),
-                    ("rejected_connections", self.stats.connections_rejected),
-                    ("total_commands_processed", self.stats.commands),
+                    ("total_connections_received", st.connections_received),
+                    ("rejected_connections", st.connections_rejected),
+                    ("total_commands_processed", st.commands),
+                    ("total_net_input_bytes", st.bytes_in),
+                    ("total_net_output_bytes", st.bytes_out),
+                    ("backend_requests", sum(n.requests for n in self.nodes.values())),
+                    ("backend_errors", sum(sum(n.errors.values()) for n in self.nodes.values())),
                 ],
             ),
             (
@@ -174,6 +215,100 @@ class ProxyContext:
                 ],
             ),
         ]
+
+    def warm_up(self) -> None:
+        """Open the RESP2 connections to every node now, so health is known before traffic."""
+        for node in self.nodes.values():
+            node.connection(2, 0)
+
+    def topology_json(self) -> dict[str, object]:
+        """/topology: the ring and every node's role and state."""
+        router = self.router
+        shares = router.ring.shares()
+        weights = {s.name: s.weight for s in self.config.shards}
+
+        def node_json(n: Node) -> dict[str, object]:
+            d: dict[str, object] = {
+                "address": n.address,
+                "role": n.role,
+                "health": "up" if n.usable else "down",
+                "pending": n.pending_count(),
+            }
+            if not n.usable:
+                d["error"] = n.last_error()
+            if n.role == "replica":
+                d["lag_bytes"] = n.lag_bytes
+            return d
+
+        return {
+            "hash": dataclasses.asdict(self.config.hash),
+            "read_policy": router.policy,
+            "shards": [
+                {
+                    "name": s.name,
+                    "weight": weights[s.name],
+                    "keyspace_share": round(shares[s.name], 6),
+                    "primary": s.primary.address,
+                    "replicas": [r.address for r in s.replicas],
+                    "nodes": [node_json(n) for n in s.nodes()],
+                }
+                for s in router.shards
+            ],
+        }
+
+    # -- metrics ---------------------------------------------------------------------------
+
+    def metric_samples(self) -> dict[str, list[metrics.Sample] | list[metrics.HistogramSample]]:
+        """Current values of every metric in the table (called at scrape time)."""
+        S = metrics.Sample
+        st = self.stats
+        out: dict[str, list[metrics.Sample] | list[metrics.HistogramSample]] = {
+            "shardproxy_build_info": [S((__version__, platform.python_version()), 1)],
+            "shardproxy_client_connections": [S((), len(self.clients))],
+            "shardproxy_client_connections_accepted_total": [S((), st.connections_received)],
+            "shardproxy_client_connections_rejected_total": [S((), st.connections_rejected)],
+            "shardproxy_client_received_bytes_total": [S((), st.bytes_in)],
+            "shardproxy_client_sent_bytes_total": [S((), st.bytes_out)],
+            "shardproxy_failovers_total": [S(k, v) for k, v in st.failovers.items()],
+            "shardproxy_config_reloads_total": [S((k,), v) for k, v in st.reloads.items()],
+        }
+        calls = self.command_counters.calls
+        hist = self.command_counters.latency
+        names = command_label_names()
+        cmd_samples = []
+        hist_samples = []
+        for i, name in enumerate(names):
+            ok, err = calls[2 * i], calls[2 * i + 1]
+            if ok:
+                cmd_samples.append(S((name, "ok"), ok))
+            if err:
+                cmd_samples.append(S((name, "error"), err))
+            if ok or err:
+                buckets, total, _ = hist.buckets(i)
+                hist_samples.append(metrics.HistogramSample((name,), buckets, total))
+        out["shardproxy_commands_total"] = cmd_samples
+        out["shardproxy_command_duration_seconds"] = hist_samples
+        req, pend, up, errs, lag = [], [], [], [], []
+        for node in self.nodes.values():
+            labels = (node.shard, node.address, node.role)
+            req.append(S(labels, node.requests))
+            pend.append(S(labels, node.pending_count()))
+            up.append(S(labels, 1 if node.usable else 0))
+            for kind, n in node.errors.items():
+                errs.append(S((node.shard, node.address, kind), n))
+            if node.role == "replica" and node.lag_bytes is not None:
+                lag.append(S((node.shard, node.address), node.lag_bytes))
+        out["shardproxy_backend_requests_total"] = req
+        out["shardproxy_backend_pending_requests"] = pend
+        out["shardproxy_backend_up"] = up
+        out["shardproxy_backend_errors_total"] = errs
+        out["shardproxy_replica_lag_bytes"] = lag
+        bl = self.backend_latency
+        out["shardproxy_backend_request_duration_seconds"] = [
+            metrics.HistogramSample(key, *bl.buckets(series)[:2])
+            for key, series in self.latency_series.items()
+        ]
+        return out
 
     def close(self) -> None:
         for node in self.nodes.values():

@@ -16,6 +16,7 @@ import os
 import signal
 
 from shardproxy import log as logsetup
+from shardproxy.admin import AdminServer
 from shardproxy.config import Address, Config
 from shardproxy.runtime import ProxyContext
 from shardproxy.session import ClientSession
@@ -53,7 +54,22 @@ async def run_proxy(config: Config, stop: asyncio.Event) -> int:
             srv.close()
         ctx.close()
         return 1
+    admin = None
+    if config.admin is not None:
+        admin = AdminServer(ctx)
+        try:
+            await admin.start(config.admin)
+            log.info("admin HTTP on %s", config.admin)
+        except OSError as exc:
+            log.error("cannot listen for admin HTTP on %s: %s", config.admin, exc)
+            for srv in servers:
+                srv.close()
+            ctx.close()
+            return 1
+    ctx.warm_up()
     await stop.wait()
+    if admin is not None:
+        admin.close()
     log.info("shutting down: draining %d client connections", len(ctx.clients))
     for srv in servers:
         srv.close()
@@ -74,7 +90,10 @@ async def run_proxy(config: Config, stop: asyncio.Event) -> int:
 
 
 def serve(
-    config: Config, config_path: str | None = None, workers: int | None = None, log_level: str = "info"
+    config: Config,
+    config_path: str | None = None,
+    workers: int | None = None,
+    log_level: str = "info",
 ) -> int:
     """Run the proxy in this process until SIGTERM/SIGINT. Returns the exit code."""
     logsetup.setup(log_level)
@@ -83,9 +102,9 @@ def serve(
     try:
         import uvloop
 
-        runner = uvloop.run
+        run = uvloop.run
     except ImportError:  # pragma: no cover - uvloop is a dependency, but stay usable without it
-        runner = asyncio.run
+        run = asyncio.run  # type: ignore[assignment]
 
     async def main() -> int:
         loop = asyncio.get_running_loop()
@@ -97,4 +116,4 @@ def serve(
         )
         return await run_proxy(config, stop)
 
-    return int(runner(main()))
+    return int(run(main()))

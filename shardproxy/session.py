@@ -23,8 +23,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from bisect import bisect_left
 from collections import deque
 from collections.abc import Sequence
+from time import perf_counter as clock
 from typing import TYPE_CHECKING, cast
 
 from shardproxy import errors, resp
@@ -34,6 +36,7 @@ from shardproxy.commands import (
     KIND_KEYED,
     KIND_LOCAL,
     KIND_SPLIT,
+    SPEC_COUNT,
     CommandSpec,
     get_keys,
     is_blocking,
@@ -47,16 +50,21 @@ if TYPE_CHECKING:
 log = logging.getLogger("shardproxy.session")
 
 KIND_DENIED = "denied"  # a command the operator listed in deny_commands
+UNKNOWN = SPEC_COUNT  # metrics index of commands not in the table (and protocol errors)
 
 
 class Slot:
     """The place of one request's reply in its client's queue."""
 
-    __slots__ = ("reply", "session")
+    __slots__ = ("cmd", "reply", "session", "t0")
 
-    def __init__(self, session: ClientSession | None, reply: bytes | None = None) -> None:
+    def __init__(
+        self, session: ClientSession | None, cmd: int, t0: float, reply: bytes | None = None
+    ) -> None:
         self.session = session  # None once the client has gone: the reply is dropped
         self.reply = reply  # raw reply bytes; None until completed
+        self.cmd = cmd  # command table index (metrics); SPEC_COUNT for unknown commands
+        self.t0 = t0  # clock() when the request was read (latency metrics)
 
     def complete(self, reply: bytes) -> ClientSession | None:
         self.reply = reply
@@ -67,8 +75,10 @@ class ClientSession(asyncio.Protocol):
     """The proxy side of one client connection."""
 
     __slots__ = (
-        "ctx",
+        "_cmd",
+        "_now",
         "closing",
+        "ctx",
         "dirty",
         "id",
         "info",
@@ -97,6 +107,8 @@ class ClientSession(asyncio.Protocol):
         self.reading_paused = False
         self.write_paused = False
         self.peer = ""
+        self._cmd = UNKNOWN  # command being dispatched (slots created now are counted as it)
+        self._now = 0.0  # clock() of the read being dispatched (perf_counter: latency metrics)
 
     # -- connection events -----------------------------------------------------------------
 
@@ -149,7 +161,10 @@ class ClientSession(asyncio.Protocol):
         parser = self.parser
         requests = parser.feed(data)
         ctx = self.ctx
-        ctx.stats.commands += len(requests)
+        stats = ctx.stats
+        stats.commands += len(requests)
+        stats.bytes_in += len(data)
+        now = self._now = clock()
         table = ctx.table
         queue = self.queue
         proto = self.proto
@@ -165,13 +180,14 @@ class ClientSession(asyncio.Protocol):
                 if n == arity or (arity < 0 and n >= -arity):
                     router = ctx.router
                     node = router.node(router.shard_index(argv[1]), spec.write)
-                    slot = Slot(self)
+                    slot = Slot(self, spec.index, now)
                     queue.append(slot)
                     if node is None:
                         slot.reply = self._no_replica(router.shard_index(argv[1]))
                     else:
                         node.connection(proto, cid).send(frame, slot)
                     continue
+            self._cmd = UNKNOWN if spec is None else spec.index
             try:
                 self.dispatch(spec, argv, frame)
             except Exception as exc:  # a bug must not take the connection down
@@ -181,6 +197,7 @@ class ClientSession(asyncio.Protocol):
                 break
             proto = self.proto  # HELLO may have switched it
         if parser.error is not None and not self.closing:
+            self._cmd = UNKNOWN
             self.reply_now(errors.reply("protocol", detail=parser.error))
             self.closing = True
         self.flush()
@@ -212,6 +229,7 @@ class ClientSession(asyncio.Protocol):
                 )
                 return
             spec = self.ctx.resolve_sub(sub)
+            self._cmd = spec.index
             arity = spec.arity
             if not (n == arity or (arity < 0 and n >= -arity)):
                 self.reply_now(errors.reply("arity", name=spec.name))
@@ -261,7 +279,7 @@ class ClientSession(asyncio.Protocol):
     ) -> None:
         """Send ``frame`` to the node serving ``shard``; queue a new slot unless one is given."""
         if slot is None:
-            slot = Slot(self)
+            slot = Slot(self, self._cmd, self._now)
             self.queue.append(slot)
         self.send_leg(shard, write, frame, slot)
 
@@ -277,6 +295,8 @@ class ClientSession(asyncio.Protocol):
         return errors.reply("no_replica", shard=self.ctx.router.shards[shard].name)
 
     def add_slot(self, slot: Slot | Gather) -> None:
+        slot.cmd = self._cmd
+        slot.t0 = self._now
         self.queue.append(slot)  # type: ignore[arg-type]
 
     def shard_count(self) -> int:
@@ -287,7 +307,7 @@ class ClientSession(asyncio.Protocol):
 
     def reply_now(self, reply: bytes) -> None:
         """Queue a reply the proxy has already made (it still waits for earlier ones)."""
-        self.queue.append(Slot(self, reply))
+        self.queue.append(Slot(self, self._cmd, self._now, reply))
 
     def close_after_reply(self) -> None:
         """QUIT: answer what was asked so far, then close."""
@@ -300,12 +320,31 @@ class ClientSession(asyncio.Protocol):
         self.dirty = False
         q = self.queue
         if q and q[0].reply is not None:
-            out = []
-            while q and q[0].reply is not None:
-                out.append(q.popleft().reply)
+            ctx = self.ctx
+            out: list[bytes] = []
+            if ctx.count_commands:
+                # metrics: count each reply by command and status, and its latency
+                now = clock()
+                calls = ctx.command_counters.calls
+                hist = ctx.command_counters.latency
+                counts, sums, nb, bounds = hist.counts, hist.sums, hist.nb, hist.bounds
+                while q and q[0].reply is not None:
+                    slot = q.popleft()
+                    r: bytes = slot.reply  # type: ignore[assignment]
+                    out.append(r)
+                    c = slot.cmd
+                    calls[c + c + (r[0] == 45)] += 1  # 45: '-', an error reply
+                    dt = now - slot.t0
+                    counts[c * nb + bisect_left(bounds, dt)] += 1
+                    sums[c] += dt
+            else:
+                while q and q[0].reply is not None:
+                    out.append(q.popleft().reply)  # type: ignore[arg-type]
+            data = out[0] if len(out) == 1 else b"".join(out)
+            ctx.stats.bytes_out += len(data)
             t = self.transport
             if t is not None:
-                t.write(out[0] if len(out) == 1 else b"".join(out))  # type: ignore[arg-type]
+                t.write(data)
             if self.reading_paused:
                 self._maybe_resume_reading()
         if self.closing and not q and self.transport is not None:

@@ -33,7 +33,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_port(port: int, timeout: float = 10.0, proc: subprocess.Popen[bytes] | None = None) -> None:
+def wait_port(
+    port: int, timeout: float = 10.0, proc: subprocess.Popen[bytes] | None = None
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
@@ -47,7 +49,9 @@ def wait_port(port: int, timeout: float = 10.0, proc: subprocess.Popen[bytes] | 
 class RedisServer:
     """One redis-server process on 127.0.0.1 (no persistence)."""
 
-    def __init__(self, workdir: Path, port: int | None = None, replicaof: int | None = None) -> None:
+    def __init__(
+        self, workdir: Path, port: int | None = None, replicaof: int | None = None
+    ) -> None:
         self.port = port or free_port()
         self.replicaof = replicaof
         self.dir = workdir / f"redis-{self.port}"
@@ -185,19 +189,32 @@ class Proxy:
         listen = topology["listen"]
         assert isinstance(listen, str)
         self.port = int(listen.rsplit(":", 1)[1])
+        admin = topology.get("admin", "off")
+        self.admin_port = int(str(admin).rsplit(":", 1)[1]) if admin not in ("off", None) else None
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = workdir / f"proxy-{self.port}.log"
 
     def start(self) -> Proxy:
         env = dict(os.environ, PYTHONPATH=str(REPO))
-        self._logf = open(self.log, "wb")  # noqa: SIM115 - closed in stop()
+        self._logf = open(self.log, "wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "shardproxy", "run", "-c", str(self.path), "--log-level", "info"],
+            [
+                sys.executable,
+                "-m",
+                "shardproxy",
+                "run",
+                "-c",
+                str(self.path),
+                "--log-level",
+                "info",
+            ],
             stdout=self._logf,
             stderr=subprocess.STDOUT,
             env=env,
         )
         wait_port(self.port, proc=self.proc)
+        if self.admin_port is not None:
+            wait_port(self.admin_port, proc=self.proc)
         return self
 
     def client(self, protocol: int = 3, **kw: object) -> redis.Redis:
@@ -216,6 +233,20 @@ class Proxy:
             self.proc = None
             self._logf.close()
         return code
+
+    def http(self, path: str, method: str = "GET") -> tuple[int, str]:
+        """(status, body) of an admin endpoint."""
+        import urllib.error
+        import urllib.request
+
+        assert self.admin_port is not None, "this proxy has admin: off"
+        req = urllib.request.Request(f"http://127.0.0.1:{self.admin_port}{path}", method=method)
+        try:
+            with urllib.request.urlopen(req, timeout=10) as r:
+                return r.status, r.read().decode()
+        except urllib.error.HTTPError as e:
+            with e:
+                return e.code, e.read().decode()
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")

@@ -22,7 +22,9 @@ def keys_by_shard(fleet: Fleet, n: int = 400) -> dict[str, list[str]]:
     return out
 
 
-def test_killed_primary_errors_name_the_shard_and_recover(own_fleet: Fleet, make_proxy: object) -> None:
+def test_killed_primary_errors_name_the_shard_and_recover(
+    own_fleet: Fleet, make_proxy: object
+) -> None:
     topo = own_fleet.topology(timeouts={"connect_ms": 300, "command_ms": 500})
     p: Proxy = make_proxy(topo)  # type: ignore[operator]
     by_shard = keys_by_shard(own_fleet)
@@ -74,7 +76,9 @@ def test_stopped_primary_times_out_naming_the_shard(own_fleet: Fleet, make_proxy
             with pytest.raises(redis.ResponseError) as err:
                 c.get(by_shard[victim.name][0])
             elapsed = time.monotonic() - t0
-            print(f"timeout error after {elapsed * 1000:.0f} ms (command_ms={command_ms}): {err.value}")
+            print(
+                f"timeout error after {elapsed * 1000:.0f} ms (command_ms={command_ms}): {err.value}"
+            )
             assert f"shard {victim.name}" in str(err.value) and "did not answer" in str(err.value)
             assert command_ms / 1000 - 0.05 <= elapsed <= command_ms / 1000 + 0.2
             # meanwhile the other shards answer at once
@@ -100,7 +104,9 @@ def test_node_down_from_the_start(own_fleet: Fleet, make_proxy: object) -> None:
     p: Proxy = make_proxy(own_fleet.topology(timeouts={"connect_ms": 200}))  # type: ignore[operator]
     by_shard = keys_by_shard(own_fleet)
     with p.client(protocol=2) as c:
-        with pytest.raises(redis.ResponseError, match=f"^shard {victim.name}: node .* is unreachable"):
+        with pytest.raises(
+            redis.ResponseError, match=f"^shard {victim.name}: node .* is unreachable"
+        ):
             c.get(by_shard[victim.name][0])
         assert c.ping()
         with pytest.raises(redis.ResponseError, match=f"shard {victim.name}"):

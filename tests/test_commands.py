@@ -81,9 +81,9 @@ def test_local_commands() -> None:
     assert local == {
         "ping", "echo", "quit", "select", "hello", "info", "auth", "reset",
         "client", "client|setname", "client|getname", "client|id", "client|no-evict",
-        "client|info", "client|reply",
+        "client|info",
         "command", "command|count", "command|info", "command|docs", "command|getkeys",
-        "command|getkeysandflags", "command|list",
+        "command|list",
     }  # fmt: skip
 
 

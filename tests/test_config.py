@@ -474,6 +474,7 @@ def test_reference_markdown_lists_every_key() -> None:
         "limits.max_inline_bytes",
         "limits.max_clients",
         "shutdown.drain_timeout_ms",
+        "metrics.commands",
         "deny_commands",
     ]
     assert "| `timeouts.command_ms` | positive integer | `1000` |" in text

@@ -183,7 +183,10 @@ def test_unknown_then_ping_same_connection(proxy: Proxy) -> None:
         ("SUBSCRIBE ch", b"-ERR command 'subscribe' is not supported by shardproxy\r\n"),
         ("EVAL x 0", b"-ERR command 'eval' is not supported by shardproxy\r\n"),
         ("BLPOP q 0", b"-ERR command 'blpop' is not supported by shardproxy\r\n"),
-        ("XREAD BLOCK 0 STREAMS s $", b"-ERR blocking command 'xread' is not supported by shardproxy\r\n"),
+        (
+            "XREAD BLOCK 0 STREAMS s $",
+            b"-ERR blocking command 'xread' is not supported by shardproxy\r\n",
+        ),
         ("SHUTDOWN", b"-ERR command 'shutdown' is not supported by shardproxy\r\n"),
         ("GET", b"-ERR wrong number of arguments for 'get' command\r\n"),
     ],
@@ -243,9 +246,11 @@ async def test_asyncio_clients_both_protocols(proxy: Proxy, clean: Fleet) -> Non
             await c.hset("ah", mapping={"a": "1", "b": "2"})
             assert await c.hgetall("ah") == {b"a": b"1", b"b": b"2"}
             await c.mset({f"am{i}": i for i in range(20)})
-            assert await c.mget([f"am{i}" for i in range(20)]) == [str(i).encode() for i in range(20)]
+            assert await c.mget([f"am{i}" for i in range(20)]) == [
+                str(i).encode() for i in range(20)
+            ]
             pipe = c.pipeline(transaction=False)
-            for i in range(500):
+            for _i in range(500):
                 pipe.incr("actr")
             assert await pipe.execute() == list(range(1, 501))
             await c.delete("actr")
@@ -256,7 +261,11 @@ async def test_asyncio_clients_both_protocols(proxy: Proxy, clean: Fleet) -> Non
 def test_redis_cli(proxy: Proxy, clean: Fleet) -> None:
     def cli(*args: str) -> str:
         return subprocess.run(
-            ["redis-cli", "-p", str(proxy.port), *args], capture_output=True, text=True, timeout=10, check=True
+            ["redis-cli", "-p", str(proxy.port), *args],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
         ).stdout.strip()
 
     assert cli("set", "cli", "v") == "OK"
@@ -315,7 +324,9 @@ def test_redis_benchmark_through_proxy(proxy: Proxy, clean: Fleet) -> None:
         timeout=300,
     )
     assert out.returncode == 0, out.stderr
-    lines = [ln for ln in out.stdout.replace("\r", "\n").splitlines() if "requests per second" in ln]
+    lines = [
+        ln for ln in out.stdout.replace("\r", "\n").splitlines() if "requests per second" in ln
+    ]
     names = {ln.split(":")[0].strip().split(" ")[0] for ln in lines}
     assert {"SET", "GET", "INCR", "LPUSH", "RPUSH", "LPOP", "RPOP", "SADD", "HSET", "SPOP", "ZADD",
             "ZPOPMIN", "LRANGE_100", "MSET"} <= names, out.stdout  # fmt: skip
