@@ -29,7 +29,7 @@ if [ "${1:-}" = "stop" ]; then
   exit 0
 fi
 
-bash "$ROOT/deploy/setup.sh"
+SHARDPROXY_SETUP=demo bash "$ROOT/deploy/setup.sh"
 stop_all
 mkdir -p "$STATE"
 

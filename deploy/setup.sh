@@ -13,19 +13,25 @@ command -v redis-sentinel >/dev/null 2>&1 || need+=(redis-sentinel)
 command -v redis-cli >/dev/null 2>&1 || need+=(redis-tools)
 command -v redis-benchmark >/dev/null 2>&1 || need+=(redis-tools)
 command -v nutcracker >/dev/null 2>&1 || [ -x /usr/sbin/nutcracker ] || need+=(nutcracker)
+# promtool and a Prometheus server for the monitoring tests (not needed by the demo)
+if [ "${SHARDPROXY_SETUP:-test}" = "test" ]; then
+  command -v promtool >/dev/null 2>&1 || need+=(prometheus)
+fi
 if [ "${#need[@]}" -gt 0 ]; then
   SUDO=""
   [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   echo "installing ${need[*]} (apt)" >&2
   $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
   # Debian starts a system redis-server on 6379 after installing it; the demo and the tests
   # run their own servers, so stop it rather than leave a stray one running.
-  if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet redis-server 2>/dev/null; then
-    $SUDO systemctl stop redis-server || true
-  elif command -v service >/dev/null 2>&1; then
-    $SUDO service redis-server stop >/dev/null 2>&1 || true
-  fi
+  for svc in redis-server redis-sentinel prometheus prometheus-node-exporter; do
+    if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet "$svc" 2>/dev/null; then
+      $SUDO systemctl stop "$svc" || true
+    elif command -v service >/dev/null 2>&1; then
+      $SUDO service "$svc" stop >/dev/null 2>&1 || true
+    fi
+  done
 fi
 
 PY="${PYTHON:-python3}"

@@ -66,6 +66,10 @@ class ReplySlot(Protocol):
 
     def complete(self, reply: bytes) -> Flushable | None: ...
 
+    def fail(self, reply: bytes) -> Flushable | None:
+        """Completed by the proxy with an error (no reply from the node)."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class BackendSettings:
@@ -81,17 +85,20 @@ class BackendSettings:
 
 
 class NodeListener(Protocol):
-    """Told when a node's reachability changes (health, metrics)."""
+    """Told when live traffic to a node fails (health monitoring counts it), and when a node
+    routing believes is a primary answers -READONLY."""
 
-    def node_state_changed(self, node: Node, usable: bool, reason: str) -> None: ...
+    def failure(self, node: Node, reason: str) -> None: ...
+
+    def readonly(self, node: Node) -> None: ...
 
 
 class Node:
     """One Redis server of the fleet and its shared connections.
 
-    ``usable`` is False while the node's connections are DOWN (the last connect attempt or
-    connection failed); routing skips unusable replicas. A node that has never been tried is
-    usable.
+    ``usable`` says whether routing may use the node. The health monitor owns it (see
+    health.py), and live-traffic failures are reported to it through ``listener``; without a
+    monitor, a node is unusable while all its connections are DOWN.
 
     Metrics: ``requests`` and ``errors`` are plain counters; ``latency`` (owned by the runtime,
     None when command metrics are off) is observed at series ``latency_series``.
@@ -162,18 +169,17 @@ class Node:
     def pending_count(self) -> int:
         return sum(len(c.pending) for c in self.connections())
 
-    def _state_changed(self) -> None:
-        states = [c.state for c in self.connections()]
-        usable = not states or any(s != DOWN for s in states)
-        if usable != self.usable:
-            self.usable = usable
-            reason = "connected" if usable else self.last_error()
-            if usable:
-                log.info("node %s (shard %s) is reachable again", self.address, self.shard)
-            else:
-                log.warning("node %s (shard %s) is down: %s", self.address, self.shard, reason)
-            if self.listener is not None:
-                self.listener.node_state_changed(self, usable, reason)
+    def _connection_failed(self, reason: str) -> None:
+        """A connection went DOWN. With a health monitor, that counts as one failure of the
+        node; without one, the node is unusable while every connection is down."""
+        if self.listener is not None:
+            self.listener.failure(self, reason)
+            return
+        self._connection_up()
+
+    def _connection_up(self) -> None:
+        if self.listener is None:
+            self.usable = any(c.state != DOWN for c in self.connections())
 
     def last_error(self) -> str:
         for c in self.connections():
@@ -246,7 +252,7 @@ class BackendConnection(asyncio.Protocol):
                 self._flush_scheduled = True
                 self.loop.call_soon(self._flush)
         else:
-            slot.complete(self._unavailable())
+            slot.fail(self._unavailable())
 
     def _flush(self) -> None:
         self._flush_scheduled = False
@@ -317,7 +323,7 @@ class BackendConnection(asyncio.Protocol):
         self.state = READY
         self._backoff = self.node.settings.backoff_min
         self.last_error = ""
-        self.node._state_changed()
+        self.node._connection_up()
         if self.wbuf and not self._flush_scheduled:
             self._flush_scheduled = True
             self.loop.call_soon(self._flush)
@@ -362,6 +368,9 @@ class BackendConnection(asyncio.Protocol):
                 dt = now - slot.t0
                 counts[series * nb + bisect_left(bounds, dt)] += 1
                 sums[series] += dt
+            if r[0] == 45 and r.startswith(b"-READONLY") and self.node.role == "primary":
+                if self.node.listener is not None:
+                    self.node.listener.readonly(self.node)
             s = slot.complete(r)
             if s is not None and not s.dirty:
                 s.dirty = True
@@ -419,7 +428,7 @@ class BackendConnection(asyncio.Protocol):
             transport.abort()
         self._fail_pending(reply)
         if self.state is DOWN:
-            self.node._state_changed()
+            self.node._connection_failed(reason)
             self._schedule_reconnect()
 
     def _fail_pending(self, reply: bytes | None) -> None:
@@ -435,7 +444,7 @@ class BackendConnection(asyncio.Protocol):
         )
         touched: list[Flushable] = []
         for slot in pending:
-            s = slot.complete(err)
+            s = slot.fail(err)
             if s is not None and not s.dirty:
                 s.dirty = True
                 touched.append(s)

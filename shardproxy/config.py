@@ -187,9 +187,9 @@ def _name(value: object) -> str:
 
 def _tag(value: object) -> str:
     text = _string(value)
-    if len(text) not in (0, 2):
+    if len(text.encode()) not in (0, 2):  # two bytes: the ring compares bytes
         raise _bad(
-            f'must be "" (no hash tags) or exactly two characters such as "{{}}" (got {text!r})'
+            f'must be "" (no hash tags) or exactly two ASCII characters such as "{{}}" (got {text!r})'
         )
     return text
 
@@ -294,6 +294,40 @@ def _bool(value: object) -> bool:
 BOOL = _Kind("boolean", _bool, lambda v: "true" if v else "false")
 
 
+@dataclass(frozen=True)
+class LagLimit:
+    """How far behind its primary a replica may be and still serve reads: bytes of replication
+    offset, or milliseconds since it last heard from its primary (whole seconds in Redis)."""
+
+    amount: int
+    unit: str  # "bytes" | "ms"
+
+    def __str__(self) -> str:
+        return f"{self.amount}ms" if self.unit == "ms" else _show_size(self.amount)
+
+
+_LAG_RE = re.compile(r"^\s*(\d+)\s*(ms|s)\s*$", re.IGNORECASE)
+
+
+def _lag(value: object) -> LagLimit:
+    if isinstance(value, str):
+        match = _LAG_RE.match(value)
+        if match:
+            factor = 1000 if match.group(2).lower() == "s" else 1
+            return LagLimit(int(match.group(1)) * factor, "ms")
+    try:
+        return LagLimit(_size(value), "bytes")
+    except _Invalid:
+        raise _bad(
+            f"must be a size in bytes (65536, 1mb) or a time (500ms, 2s) (got {_show(value)})"
+        ) from None
+
+
+LAG = _Kind("bytes (1mb) or time (2s)", _lag, str)
+FAILOVER_MODES = ("none", "promote", "sentinel", "eject")
+FAILOVER_MODE = _choice("failover mode", FAILOVER_MODES)
+
+
 def _key(kind: _Kind, meaning: str, *, secret: bool = False) -> dict[str, object]:
     """Metadata of a leaf key. ``secret`` values are never printed."""
     return {"kind": kind, "meaning": meaning, "secret": secret}
@@ -336,6 +370,13 @@ class ShardConfig:
     primary: Address = field(metadata=_key(NODE, "the node that takes writes"))
     replicas: tuple[Address, ...] = field(
         default=(), metadata=_key(NODES, "nodes that may serve reads, per `read_policy`")
+    )
+    sentinel_name: str | None = field(
+        default=None,
+        metadata=_key(
+            OPTIONAL_STRING,
+            "master name in Sentinel (`failover.mode: sentinel`); null: the shard name",
+        ),
     )
 
     @property
@@ -411,6 +452,63 @@ class ShutdownConfig:
 
 
 @dataclass(frozen=True)
+class HealthConfig:
+    """Probes of every node (PING, then INFO replication)."""
+
+    interval_ms: int = field(
+        default=1000, metadata=_key(POSITIVE_INT, "time between probes of a node")
+    )
+    timeout_ms: int = field(
+        default=500, metadata=_key(POSITIVE_INT, "a probe that takes longer fails")
+    )
+    failures: int = field(
+        default=3,
+        metadata=_key(
+            POSITIVE_INT, "consecutive failed probes or live-traffic failures that mark a node down"
+        ),
+    )
+    successes: int = field(
+        default=2,
+        metadata=_key(POSITIVE_INT, "consecutive good probes that mark a down node up again"),
+    )
+
+
+@dataclass(frozen=True)
+class FailoverConfig:
+    """What happens when a shard's primary is down."""
+
+    mode: str = field(
+        default="none",
+        metadata=_key(
+            FAILOVER_MODE,
+            "`none`: errors naming the shard until the primary returns; `promote`: the proxy "
+            "promotes the most up-to-date replica; `sentinel`: follow Redis Sentinel; `eject`: "
+            "the shard leaves the ring while it has no usable node (caches only: keys move)",
+        ),
+    )
+
+
+@dataclass(frozen=True)
+class SentinelConfig:
+    """Redis Sentinel, for `failover.mode: sentinel`."""
+
+    addresses: tuple[Address, ...] = field(
+        default=(), metadata=_key(NODES, "Sentinel nodes to ask and subscribe to")
+    )
+    poll_interval_ms: int = field(
+        default=5000,
+        metadata=_key(
+            POSITIVE_INT,
+            "how often every shard's primary is asked for, besides the +switch-master subscription",
+        ),
+    )
+    password: str | None = field(
+        default=None,
+        metadata=_key(OPTIONAL_STRING, "password for the Sentinels; null: none", secret=True),
+    )
+
+
+@dataclass(frozen=True)
 class MetricsConfig:
     """What the proxy counts for /metrics and INFO."""
 
@@ -447,6 +545,25 @@ class Config:
         ),
     )
     shards: tuple[ShardConfig, ...] = field(metadata={"sections": ShardConfig})
+    max_replica_lag: LagLimit = field(
+        default=LagLimit(1024 * 1024, "bytes"),
+        metadata=_key(LAG, "a replica further behind its primary serves no reads"),
+    )
+    read_your_writes_ms: int = field(
+        default=1000,
+        metadata=_key(
+            NON_NEGATIVE_INT,
+            "after a client writes to a shard, its reads of that shard go to the primary for "
+            "this long; 0 disables",
+        ),
+    )
+    health: HealthConfig = field(default_factory=HealthConfig, metadata={"section": HealthConfig})
+    failover: FailoverConfig = field(
+        default_factory=FailoverConfig, metadata={"section": FailoverConfig}
+    )
+    sentinel: SentinelConfig = field(
+        default_factory=SentinelConfig, metadata={"section": SentinelConfig}
+    )
     timeouts: TimeoutsConfig = field(
         default_factory=TimeoutsConfig, metadata={"section": TimeoutsConfig}
     )
@@ -579,6 +696,11 @@ def _cross_checks(data: Mapping[Any, Any], problems: list[str]) -> None:
     backend = data.get("backend")
     if isinstance(backend, Mapping) and backend.get("username") and not backend.get("password"):
         problems.append("backend.username: needs backend.password as well")
+    failover = data.get("failover")
+    sentinel = data.get("sentinel")
+    if isinstance(failover, Mapping) and failover.get("mode") == "sentinel":
+        if not isinstance(sentinel, Mapping) or not sentinel.get("addresses"):
+            problems.append("sentinel.addresses: failover.mode sentinel needs at least one address")
 
 
 def _parsed(text: object) -> Address | None:

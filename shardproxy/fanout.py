@@ -103,6 +103,8 @@ class Leg:
     def complete(self, reply: bytes) -> object | None:
         return self.parent.leg_done(self.index, reply)
 
+    fail = complete
+
 
 # -- merge rules ---------------------------------------------------------------------------
 

@@ -48,8 +48,8 @@ class ShardNodes(Generic[N]):
         reps = self.replicas
         n = len(reps)
         for _ in range(n):
-            i = self._rr
-            self._rr = (i + 1) % n
+            i = self._rr % n
+            self._rr = i + 1
             node = reps[i]
             if node.usable:
                 return node
@@ -62,7 +62,7 @@ class Router(Generic[N]):
     ``shards[i]`` serves ``ring.names[i]``.
     """
 
-    __slots__ = ("policy", "ring", "shard_index", "shards")
+    __slots__ = ("policy", "replica_reads", "ring", "shard_index", "shards")
 
     def __init__(self, ring: Ring, shards: Sequence[ShardNodes[N]], read_policy: str) -> None:
         if [s.name for s in shards] != list(ring.names):
@@ -72,12 +72,16 @@ class Router(Generic[N]):
         self.ring = ring
         self.shards = tuple(shards)
         self.policy = read_policy
+        self.replica_reads = read_policy != "primary"  # reads may go to replicas
         self.shard_index = ring.shard_index  # key -> shard index (hot path: bound once)
 
-    def node(self, shard: int, write: bool) -> N | None:
-        """The node for a request to shard ``shard``; None only under policy ``replica``."""
+    def node(self, shard: int, write: bool, recent_write: bool = False) -> N | None:
+        """The node for a request to shard ``shard``; None only under policy ``replica``.
+
+        ``recent_write``: the client wrote to this shard within read_your_writes_ms, so its
+        reads go to the primary too."""
         s = self.shards[shard]
-        if write or self.policy == "primary":
+        if write or recent_write or self.policy == "primary":
             return s.primary
         node = s.pick_replica()
         if node is not None:

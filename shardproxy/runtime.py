@@ -13,13 +13,15 @@ import functools
 import itertools
 import platform
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from shardproxy import __version__, commands, metrics
 from shardproxy.backend import BackendSettings, Node
 from shardproxy.commands import CommandSpec
-from shardproxy.config import Config
+from shardproxy.config import Address, Config
+from shardproxy.failover import EjectFailover, PromoteFailover
 from shardproxy.fanout import Fanout
+from shardproxy.health import Failover, HealthMonitor, HealthSettings, NoFailover, Shard
 from shardproxy.local import LocalCommands, process_info
 from shardproxy.ring import Ring
 from shardproxy.router import Router, ShardNodes
@@ -68,6 +70,21 @@ def command_label_names() -> tuple[str, ...]:
     return (*(spec.name.replace("|", " ") for spec in commands.iter_specs()), "unknown")
 
 
+def health_settings(config: Config) -> HealthSettings:
+    h = config.health
+    lag = config.max_replica_lag
+    return HealthSettings(
+        interval=h.interval_ms / 1000,
+        timeout=h.timeout_ms / 1000,
+        failures=h.failures,
+        successes=h.successes,
+        max_lag_bytes=lag.amount if lag.unit == "bytes" else None,
+        max_lag_ms=lag.amount if lag.unit == "ms" else None,
+        username=config.backend.username,
+        password=config.backend.password,
+    )
+
+
 def backend_settings(config: Config) -> BackendSettings:
     return BackendSettings(
         connect_timeout=config.timeouts.connect_ms / 1000,
@@ -107,7 +124,15 @@ class ProxyContext:
         self._ids = itertools.count(1)
         self.draining = False
         self.nodes: dict[str, Node] = {}  # address -> node
+        self.health = HealthMonitor(
+            lambda: cast("list[Shard]", self.shards),
+            health_settings(config),
+            self._failover(config),
+        )
+        self.shards: list[ShardNodes[Node]] = []  # every shard, ejected or not, in ring order
+        self.ejected: set[str] = set()  # shards off the ring (failover.mode eject)
         self.router: Router[Node] = self._build_router(config)
+        self.read_your_writes = config.read_your_writes_ms / 1000
         self.fanout = Fanout()
         self.local = LocalCommands(self)
 
@@ -123,13 +148,54 @@ class ProxyContext:
             primary = self._node(name, "primary", sc.primary, settings)
             replicas = [self._node(name, "replica", a, settings) for a in sc.replicas]
             shards.append(ShardNodes(name, primary, replicas))
+        self.shards = shards
         return Router(ring, shards, config.read_policy)
 
-    def _node(self, shard: str, role: str, address: object, settings: BackendSettings) -> Node:
-        host = getattr(address, "host", "")
-        port = getattr(address, "port", 0)
-        unix = getattr(address, "unix", None)
-        node = Node(self.loop, shard, role, host, port, settings, unix=unix)
+    def _failover(self, config: Config) -> Failover:
+        mode = config.failover.mode
+        if mode == "promote":
+            return PromoteFailover(self.record_failover)
+        if mode == "eject":
+            return EjectFailover(self.set_ejected)
+        if mode == "sentinel":
+            from shardproxy.sentinel import SentinelFailover
+
+            return SentinelFailover(self, config)
+        return NoFailover()
+
+    def record_failover(self, shard: str, result: str) -> None:
+        key = (shard, result)
+        self.stats.failovers[key] = self.stats.failovers.get(key, 0) + 1
+
+    def set_ejected(self, shard: str, ejected: bool) -> None:
+        """failover.mode eject: rebuild the ring without the shards that have no usable node."""
+        if ejected:
+            self.ejected.add(shard)
+        else:
+            self.ejected.discard(shard)
+        live = [s for s in self.config.shards if s.name not in self.ejected] or list(
+            self.config.shards
+        )
+        ring = Ring.build(
+            [(s.name, s.weight) for s in live],
+            function=self.config.hash.function,
+            distribution=self.config.hash.distribution,
+            tag=self.config.hash.tag,
+        )
+        by_name = {s.name: s for s in self.shards}
+        self.router = Router(ring, [by_name[n] for n in ring.names], self.config.read_policy)
+        self.record_failover(shard, "ejected" if ejected else "restored")
+
+    def _node(
+        self,
+        shard: str,
+        role: str,
+        address: Address,
+        settings: BackendSettings,
+    ) -> Node:
+        host, port, unix = address.host, address.port, address.unix
+        node = Node(self.loop, shard, role, host, port, settings, unix=unix, listener=self.health)
+        node.usable = role == "primary"  # a replica serves reads once a probe has vetted it
         if self.count_commands:
             series = self.latency_series.setdefault((shard, role), len(self.latency_series))
             self.backend_latency.grow(series + 1)
@@ -171,9 +237,7 @@ class ProxyContext:
         router = self.router
         shards: list[tuple[str, object]] = []
         for s in router.shards:
-            nodes = ",".join(
-                f"{n.role}={n.address}:{'up' if n.usable else 'down'}" for n in s.nodes()
-            )
+            nodes = ",".join(f"{n.role}={n.address}:{self.node_state(n)}" for n in s.nodes())
             shards.append((f"shard_{s.name}", nodes))
         listen = ",".join(str(a) for a in self.config.listen)
         st = self.stats
@@ -221,6 +285,19 @@ class ProxyContext:
         for node in self.nodes.values():
             node.connection(2, 0)
 
+    def node_for(self, shard: str, role: str, host: str, port: int) -> Node:
+        """The node at host:port, created (for ``shard``, with ``role``) if the topology file
+        does not list it (a replica Sentinel reports, say)."""
+        address = Address(host, port)
+        node = self.nodes.get(str(address))
+        if node is None:
+            node = self._node(shard, role, address, backend_settings(self.config))
+        return node
+
+    def node_state(self, node: Node) -> str:
+        """up, down or unknown (not probed enough yet), as health checking sees it."""
+        return self.health.state(node)
+
     def topology_json(self) -> dict[str, object]:
         """/topology: the ring and every node's role and state."""
         router = self.router
@@ -231,7 +308,8 @@ class ProxyContext:
             d: dict[str, object] = {
                 "address": n.address,
                 "role": n.role,
-                "health": "up" if n.usable else "down",
+                "health": self.node_state(n),
+                "usable": n.usable,
                 "pending": n.pending_count(),
             }
             if not n.usable:

@@ -67,7 +67,9 @@ async def run_proxy(config: Config, stop: asyncio.Event) -> int:
             ctx.close()
             return 1
     ctx.warm_up()
+    ctx.health.start()
     await stop.wait()
+    await ctx.health.stop()
     if admin is not None:
         admin.close()
     log.info("shutting down: draining %d client connections", len(ctx.clients))

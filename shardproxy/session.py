@@ -45,6 +45,7 @@ from shardproxy.commands import (
 if TYPE_CHECKING:
     from shardproxy.backend import Node
     from shardproxy.fanout import Gather
+    from shardproxy.router import ShardNodes
     from shardproxy.runtime import ProxyContext
 
 log = logging.getLogger("shardproxy.session")
@@ -70,6 +71,33 @@ class Slot:
         self.reply = reply
         return self.session
 
+    def fail(self, reply: bytes) -> ClientSession | None:
+        """The proxy could not get a reply (node down, connection lost, timeout)."""
+        self.reply = reply
+        return self.session
+
+
+class ReplicaReadSlot(Slot):
+    """A read sent to a replica: if the replica fails before answering, it is sent once more,
+    to the shard's primary. (Reads only: a write is never retried.)"""
+
+    __slots__ = ("frame", "primary")
+
+    def __init__(
+        self, session: ClientSession, cmd: int, t0: float, frame: bytes, primary: Node
+    ) -> None:
+        super().__init__(session, cmd, t0)
+        self.frame: bytes | None = frame  # None once retried
+        self.primary = primary
+
+    def fail(self, reply: bytes) -> ClientSession | None:
+        session = self.session
+        if self.frame is None or session is None:
+            return super().fail(reply)
+        frame, self.frame = self.frame, None
+        self.primary.connection(session.proto, session.id).send(frame, self)
+        return None
+
 
 class ClientSession(asyncio.Protocol):
     """The proxy side of one client connection."""
@@ -90,6 +118,7 @@ class ClientSession(asyncio.Protocol):
         "reading_paused",
         "transport",
         "write_paused",
+        "writes",
     )
 
     def __init__(self, ctx: ProxyContext) -> None:
@@ -107,6 +136,7 @@ class ClientSession(asyncio.Protocol):
         self.reading_paused = False
         self.write_paused = False
         self.peer = ""
+        self.writes: dict[str, float] | None = None  # shard -> clock() of this client's last write
         self._cmd = UNKNOWN  # command being dispatched (slots created now are counted as it)
         self._now = 0.0  # clock() of the read being dispatched (perf_counter: latency metrics)
 
@@ -179,13 +209,14 @@ class ClientSession(asyncio.Protocol):
                 n = len(argv)
                 if n == arity or (arity < 0 and n >= -arity):
                     router = ctx.router
-                    node = router.node(router.shard_index(argv[1]), spec.write)
+                    shard = router.shard_index(argv[1])
+                    if router.replica_reads:
+                        self._cmd = spec.index
+                        self.send_to_shard(shard, spec.write, frame)
+                        continue
                     slot = Slot(self, spec.index, now)
                     queue.append(slot)
-                    if node is None:
-                        slot.reply = self._no_replica(router.shard_index(argv[1]))
-                    else:
-                        node.connection(proto, cid).send(frame, slot)
+                    router.shards[shard].primary.connection(proto, cid).send(frame, slot)
                     continue
             self._cmd = UNKNOWN if spec is None else spec.index
             try:
@@ -274,22 +305,46 @@ class ClientSession(asyncio.Protocol):
                 return
         self.send_to_shard(0, spec.write, frame)
 
-    def send_to_shard(
-        self, shard: int, write: bool, frame: bytes, slot: Slot | None = None
-    ) -> None:
-        """Send ``frame`` to the node serving ``shard``; queue a new slot unless one is given."""
-        if slot is None:
+    def send_to_shard(self, shard: int, write: bool, frame: bytes) -> None:
+        """Send ``frame`` to the node serving ``shard`` for a new slot in the queue.
+
+        A read sent to a replica gets a :class:`ReplicaReadSlot`, retried once on the primary
+        if the replica fails before answering."""
+        s, node = self.pick(shard, write)
+        if node is None or node is s.primary:
             slot = Slot(self, self._cmd, self._now)
-            self.queue.append(slot)
-        self.send_leg(shard, write, frame, slot)
+        else:
+            slot = ReplicaReadSlot(self, self._cmd, self._now, frame, s.primary)
+        self.queue.append(slot)
+        if node is None:
+            slot.reply = self._no_replica(shard)
+        else:
+            node.connection(self.proto, self.id).send(frame, slot)
 
     def send_leg(self, shard: int, write: bool, frame: bytes, slot: object) -> None:
         """Send ``frame`` to ``shard``; ``slot`` (any reply slot) completes with the reply."""
-        node: Node | None = self.ctx.router.node(shard, write)
+        _, node = self.pick(shard, write)
         if node is None:
             slot.complete(self._no_replica(shard))  # type: ignore[attr-defined]
         else:
             node.connection(self.proto, self.id).send(frame, slot)  # type: ignore[arg-type]
+
+    def pick(self, shard: int, write: bool) -> tuple[ShardNodes[Node], Node | None]:
+        """The shard and the node for a request, with read-your-writes: after this client
+        writes to a shard, its reads of that shard go to the primary for a while."""
+        router = self.ctx.router
+        s = router.shards[shard]
+        ryw = self.ctx.read_your_writes
+        if not router.replica_reads:
+            return s, s.primary
+        if write:
+            if ryw:
+                if self.writes is None:
+                    self.writes = {}
+                self.writes[s.name] = self._now
+            return s, s.primary
+        recent = bool(ryw and self.writes and self._now - self.writes.get(s.name, -1e18) < ryw)
+        return s, router.node(shard, False, recent)
 
     def _no_replica(self, shard: int) -> bytes:
         return errors.reply("no_replica", shard=self.ctx.router.shards[shard].name)

@@ -290,7 +290,10 @@ def test_deny_commands(fleet: Fleet, make_proxy: object) -> None:
 @pytest.mark.parametrize("policy", ["prefer-replica", "replica", "primary"])
 def test_read_policy_routes_reads(fleet: Fleet, make_proxy: object, policy: str) -> None:
     fleet.flushall()
-    p: Proxy = make_proxy(fleet.topology(read_policy=policy))  # type: ignore[operator]
+    topo = fleet.topology(
+        read_policy=policy, read_your_writes_ms=0, health={"interval_ms": 100, "successes": 1}
+    )
+    p: Proxy = make_proxy(topo)  # type: ignore[operator]
 
     def calls(srv: object, cmd: str) -> int:
         with srv.client() as c:  # type: ignore[attr-defined]
@@ -304,6 +307,7 @@ def test_read_policy_routes_reads(fleet: Fleet, make_proxy: object, policy: str)
         with shard.replicas[0].client() as r:
             while r.get("rp") is None and time.monotonic() < deadline:
                 time.sleep(0.02)
+        time.sleep(0.5)  # a few health rounds: the replica is vetted (link up, lag ok)
         before_p, before_r = calls(shard.primary, "get"), calls(shard.replicas[0], "get")
         for _ in range(20):
             assert c.get("rp") == b"1"
