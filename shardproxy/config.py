@@ -508,6 +508,46 @@ class SentinelConfig:
     )
 
 
+MIGRATION_COPY = _choice("copy mode", ("none", "background"))
+
+
+@dataclass(frozen=True)
+class ReloadConfig:
+    """Applying an edited topology file without a restart (SIGHUP and POST /reload always work)."""
+
+    watch: bool = field(
+        default=False,
+        metadata=_key(BOOL, "also reload when the file's contents change (checked every second)"),
+    )
+
+
+@dataclass(frozen=True)
+class MigrationConfig:
+    """Moving keys when a reload changes which shard owns them."""
+
+    window_s: int = field(
+        default=300,
+        metadata=_key(
+            NON_NEGATIVE_INT,
+            "after a reload moves keys, a key missing on its new shard is looked up on its "
+            "previous shard and moved over, for this long (and until the background copy ends); "
+            "0 disables",
+        ),
+    )
+    copy: str = field(
+        default="none",
+        metadata=_key(
+            MIGRATION_COPY,
+            "`background`: also scan the previous owners and move the keys that changed shard, "
+            "so the window can close early; `none`: move keys only when they are used",
+        ),
+    )
+    rate: int = field(
+        default=5000,
+        metadata=_key(POSITIVE_INT, "keys per second the background copy moves at most"),
+    )
+
+
 @dataclass(frozen=True)
 class MetricsConfig:
     """What the proxy counts for /metrics and INFO."""
@@ -573,6 +613,10 @@ class Config:
     limits: LimitsConfig = field(default_factory=LimitsConfig, metadata={"section": LimitsConfig})
     shutdown: ShutdownConfig = field(
         default_factory=ShutdownConfig, metadata={"section": ShutdownConfig}
+    )
+    reload: ReloadConfig = field(default_factory=ReloadConfig, metadata={"section": ReloadConfig})
+    migration: MigrationConfig = field(
+        default_factory=MigrationConfig, metadata={"section": MigrationConfig}
     )
     metrics: MetricsConfig = field(
         default_factory=MetricsConfig, metadata={"section": MetricsConfig}

@@ -37,9 +37,13 @@ class LegSender(Protocol):
 
     proto: int
 
-    def send_leg(self, shard: int, write: bool, frame: bytes, slot: object) -> None: ...
+    def send_leg(
+        self, shard: int, write: bool, frame: bytes, slot: object, keys: Sequence[bytes] = ()
+    ) -> None: ...
 
-    def send_to_shard(self, shard: int, write: bool, frame: bytes) -> None: ...
+    def send_to_shard(
+        self, shard: int, write: bool, frame: bytes, keys: Sequence[bytes] = ()
+    ) -> None: ...
 
     def reply_now(self, reply: bytes) -> None: ...
 
@@ -224,7 +228,7 @@ class Fanout:
         if len(groups) == 1:
             # all keys on one shard: forward as is, no merge needed
             (shard,) = groups
-            session.send_to_shard(shard, spec.write, resp.encode_command(argv))
+            session.send_to_shard(shard, spec.write, resp.encode_command(argv), keys)
             return
         positions = list(groups.values())
         g = Gather(session, len(groups), merge, session.proto, positions)
@@ -233,7 +237,8 @@ class Fanout:
             sub = [name]
             for p in pos:
                 sub.extend(args[p * step : p * step + step])
-            session.send_leg(shard, spec.write, resp.encode_command(sub), Leg(g, index))
+            leg_keys = [keys[p] for p in pos]
+            session.send_leg(shard, spec.write, resp.encode_command(sub), Leg(g, index), leg_keys)
 
     def all_shards(
         self, session: LegSender, spec: CommandSpec, argv: list[bytes], frame: bytes

@@ -57,6 +57,8 @@ METRICS: tuple[MetricDef, ...] = (
     MetricDef("shardproxy_replica_lag_bytes", "gauge", ("shard", "node"), "Replication offset a replica is behind its primary (from health probes)."),
     MetricDef("shardproxy_failovers_total", "counter", ("shard", "result"), "Primary changes of a shard, by result (success, failure)."),
     MetricDef("shardproxy_config_reloads_total", "counter", ("result",), "Topology reloads, by result (success, failure)."),
+    MetricDef("shardproxy_migration_active", "gauge", (), "1 while keys that a reload moved to another shard are being moved."),
+    MetricDef("shardproxy_migration_keys_moved_total", "counter", ("how",), "Keys moved to their new shard during the last migration: on access (a miss served from the previous owner) or by the background copy."),
 )
 # fmt: on
 

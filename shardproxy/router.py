@@ -16,7 +16,7 @@ Writes always go to the primary.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from shardproxy.ring import Ring
 
@@ -62,7 +62,7 @@ class Router(Generic[N]):
     ``shards[i]`` serves ``ring.names[i]``.
     """
 
-    __slots__ = ("policy", "replica_reads", "ring", "shard_index", "shards")
+    __slots__ = ("migration", "policy", "replica_reads", "ring", "shard_index", "shards", "slow")
 
     def __init__(self, ring: Ring, shards: Sequence[ShardNodes[N]], read_policy: str) -> None:
         if [s.name for s in shards] != list(ring.names):
@@ -74,6 +74,13 @@ class Router(Generic[N]):
         self.policy = read_policy
         self.replica_reads = read_policy != "primary"  # reads may go to replicas
         self.shard_index = ring.shard_index  # key -> shard index (hot path: bound once)
+        # keys moving after a reload (migration.Migration), None outside a migration window
+        self.migration: Any = None
+        self.slow = self.replica_reads  # the session's fast path does not apply
+
+    def set_migration(self, migration: Any) -> None:
+        self.migration = migration
+        self.slow = self.replica_reads or migration is not None
 
     def node(self, shard: int, write: bool, recent_write: bool = False) -> N | None:
         """The node for a request to shard ``shard``; None only under policy ``replica``.

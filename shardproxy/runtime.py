@@ -13,17 +13,18 @@ import functools
 import itertools
 import platform
 import time
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from shardproxy import __version__, commands, metrics
 from shardproxy.backend import BackendSettings, Node
 from shardproxy.commands import CommandSpec
-from shardproxy.config import Address, Config
+from shardproxy.config import Address, Config, changed_settings
 from shardproxy.failover import EjectFailover, PromoteFailover
 from shardproxy.fanout import Fanout
 from shardproxy.health import Failover, HealthMonitor, HealthSettings, NoFailover, Shard
 from shardproxy.local import LocalCommands, process_info
-from shardproxy.ring import Ring
+from shardproxy.migration import Migration
+from shardproxy.ring import Ring, moved_share
 from shardproxy.router import Router, ShardNodes
 from shardproxy.session import KIND_DENIED
 
@@ -41,6 +42,7 @@ class Stats:
         "connections_received",
         "connections_rejected",
         "failovers",
+        "migrations_done",
         "reloads",
     )
 
@@ -52,6 +54,7 @@ class Stats:
         self.bytes_out = 0  # to clients
         self.failovers: dict[tuple[str, str], int] = {}  # (shard, result) -> count
         self.reloads = {"success": 0, "failure": 0}
+        self.migrations_done = 0
 
 
 def command_table(deny: frozenset[str]) -> dict[bytes, CommandSpec]:
@@ -68,6 +71,12 @@ def command_table(deny: frozenset[str]) -> dict[bytes, CommandSpec]:
 def command_label_names() -> tuple[str, ...]:
     """The ``command`` label of each command table index (and "unknown" after the last)."""
     return (*(spec.name.replace("|", " ") for spec in commands.iter_specs()), "unknown")
+
+
+#: Settings a running proxy cannot change; a reload reports them as needing a restart.
+NEEDS_RESTART = frozenset(
+    {"listen", "admin", "failover", "sentinel", "backend.connections", "metrics"}
+)
 
 
 def health_settings(config: Config) -> HealthSettings:
@@ -131,6 +140,7 @@ class ProxyContext:
         )
         self.shards: list[ShardNodes[Node]] = []  # every shard, ejected or not, in ring order
         self.ejected: set[str] = set()  # shards off the ring (failover.mode eject)
+        self.migration: Migration | None = None  # the last reload's key migration
         self.router: Router[Node] = self._build_router(config)
         self.read_your_writes = config.read_your_writes_ms / 1000
         self.fanout = Fanout()
@@ -142,11 +152,19 @@ class ProxyContext:
         ring = build_ring(config)
         settings = backend_settings(config)
         by_name = {s.name: s for s in config.shards}
+        # With failover, the primary the proxy follows now (promoted, or reported by Sentinel)
+        # wins over the file's order as long as the file still lists that node for the shard.
+        current = {s.name: s.primary.address for s in self.shards}
+        follow = config.failover.mode in ("promote", "sentinel")
         shards = []
         for name in ring.names:
             sc = by_name[name]
-            primary = self._node(name, "primary", sc.primary, settings)
-            replicas = [self._node(name, "replica", a, settings) for a in sc.replicas]
+            listed = list(sc.nodes)
+            first = sc.primary
+            if follow and name in current:
+                first = next((a for a in listed if str(a) == current[name]), sc.primary)
+            primary = self._node(name, "primary", first, settings)
+            replicas = [self._node(name, "replica", a, settings) for a in listed if a != first]
             shards.append(ShardNodes(name, primary, replicas))
         self.shards = shards
         return Router(ring, shards, config.read_policy)
@@ -193,16 +211,27 @@ class ProxyContext:
         address: Address,
         settings: BackendSettings,
     ) -> Node:
+        existing = self.nodes.get(str(address))
+        if existing is not None:  # a reload keeps the node, its connections and its state
+            existing.settings = settings
+            if existing.role != role or existing.shard != shard:
+                existing.role, existing.shard = role, shard
+                self._attach_latency(existing)
+            return existing
         host, port, unix = address.host, address.port, address.unix
         node = Node(self.loop, shard, role, host, port, settings, unix=unix, listener=self.health)
         node.usable = role == "primary"  # a replica serves reads once a probe has vetted it
+        self._attach_latency(node)
+        self.nodes[node.address] = node
+        return node
+
+    def _attach_latency(self, node: Node) -> None:
+        shard, role = node.shard, node.role
         if self.count_commands:
             series = self.latency_series.setdefault((shard, role), len(self.latency_series))
             self.backend_latency.grow(series + 1)
             node.latency = self.backend_latency
             node.latency_series = series
-        self.nodes[node.address] = node
-        return node
 
     def resolve_sub(self, spec: CommandSpec) -> CommandSpec:
         """A subcommand's spec, marked denied when it (or its container) is denied."""
@@ -318,7 +347,9 @@ class ProxyContext:
                 d["lag_bytes"] = n.lag_bytes
             return d
 
+        m = self.migration
         return {
+            "migration": m.status() if m is not None else None,
             "hash": dataclasses.asdict(self.config.hash),
             "read_policy": router.policy,
             "shards": [
@@ -350,6 +381,13 @@ class ProxyContext:
             "shardproxy_failovers_total": [S(k, v) for k, v in st.failovers.items()],
             "shardproxy_config_reloads_total": [S((k,), v) for k, v in st.reloads.items()],
         }
+        m = self.migration
+        out["shardproxy_migration_active"] = [S((), 1 if m is not None and not m.finished else 0)]
+        out["shardproxy_migration_keys_moved_total"] = (
+            [S(("access",), m.moved_on_access), S(("background",), m.moved_background)]
+            if m is not None
+            else []
+        )
         calls = self.command_counters.calls
         hist = self.command_counters.latency
         names = command_label_names()
@@ -387,6 +425,94 @@ class ProxyContext:
             for key, series in self.latency_series.items()
         ]
         return out
+
+    # -- reload ----------------------------------------------------------------------------
+
+    def apply(self, new: Config) -> dict[str, Any]:
+        """Switch to a new, already validated topology in one step.
+
+        Nodes that stay keep their connections (requests in flight finish on them); nodes that
+        leave are closed once their pending requests are answered. Returns what changed.
+        """
+        old = self.config
+        old_router = self.router
+        old_nodes = dict(self.nodes)
+        self.config = new
+        self.limits = new.limits
+        self.deny = new.deny_commands
+        self.table = command_table(self.deny)
+        self.read_your_writes = new.read_your_writes_ms / 1000
+        self.health.settings = health_settings(new)
+        router = self._build_router(new)
+        if self.ejected:
+            self.ejected &= {s.name for s in new.shards}
+        self.router = router  # the swap: every request from now on uses the new topology
+        if self.ejected:
+            self.set_ejected(next(iter(self.ejected)), True)
+        used = {n.address for s in self.shards for n in s.nodes()}
+        removed = [n for a, n in old_nodes.items() if a not in used]
+        for node in removed:
+            del self.nodes[node.address]
+        total, _ = moved_share(old_router.ring, router.ring)
+        self._start_migration(old_router, router, total, removed if total > 0 else [])
+        if total == 0 or not new.migration.window_s:
+            for node in removed:
+                self.loop.create_task(self._retire(node))
+        changes = changed_settings(old, new)
+        restart = [
+            path
+            for path, _, _ in changes
+            if path.split(".")[0] in NEEDS_RESTART or path in NEEDS_RESTART
+        ]
+        old_names = set(old_router.ring.names)
+        return {
+            "shards_added": sorted(set(router.ring.names) - old_names),
+            "shards_removed": sorted(old_names - set(router.ring.names)),
+            "nodes_added": sorted(a for a in used if a not in old_nodes),
+            "nodes_removed": sorted(n.address for n in removed),
+            "keyspace_moved": round(total, 6),
+            "settings_changed": [path for path, _, _ in changes],
+            "restart_required": restart,
+        }
+
+    def _start_migration(
+        self, old: Router[Node], new: Router[Node], moved: float, retiring: list[Node]
+    ) -> None:
+        """Keys changed shard: keep the previous ring(s) for the migration window."""
+        cfg = self.config.migration
+        previous: list[Router[Node]] = [old]
+        if moved and self.migration is not None and not self.migration.finished:
+            # a reload during a migration: keys may still be on the older owners too
+            self.migration.cancel()
+            previous += self.migration.previous
+            retiring = retiring + self.migration.retiring
+        if moved == 0:
+            if self.migration is not None and not self.migration.finished:
+                new.set_migration(self.migration)  # the earlier migration goes on
+            return
+        if not cfg.window_s:
+            self.migration = None
+            return
+        m = Migration(
+            new, previous, cfg.window_s, cfg.copy == "background", cfg.rate, self._migration_done
+        )
+        m.retiring = retiring
+        self.migration = m
+        new.set_migration(m)
+        m.start()
+
+    def _migration_done(self, m: Migration) -> None:
+        if self.router.migration is m:
+            self.router.set_migration(None)
+        if self.migration is m:
+            self.stats.migrations_done += 1
+
+    async def _retire(self, node: Node, timeout: float = 30.0) -> None:
+        """Close a node that left the topology once its pending requests are answered."""
+        deadline = self.loop.time() + timeout
+        while node.pending_count() and self.loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        node.close()
 
     def close(self) -> None:
         for node in self.nodes.values():

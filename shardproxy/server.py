@@ -18,6 +18,7 @@ import signal
 from shardproxy import log as logsetup
 from shardproxy.admin import AdminServer
 from shardproxy.config import Address, Config
+from shardproxy.reload import Reloader
 from shardproxy.runtime import ProxyContext
 from shardproxy.session import ClientSession
 
@@ -39,10 +40,18 @@ async def start_listener(
     )
 
 
-async def run_proxy(config: Config, stop: asyncio.Event) -> int:
-    """Serve ``config`` until ``stop`` is set, then drain and close. Returns the exit code."""
+async def run_proxy(
+    config: Config,
+    stop: asyncio.Event,
+    config_path: str | None = None,
+    hup: asyncio.Event | None = None,
+) -> int:
+    """Serve ``config`` until ``stop`` is set, then drain and close. Returns the exit code.
+
+    With ``config_path``, setting ``hup`` (SIGHUP) or ``POST /reload`` reloads that file."""
     loop = asyncio.get_running_loop()
     ctx = ProxyContext(config, loop)
+    reloader = Reloader(ctx, config_path) if config_path else None
     servers = []
     try:
         for address in config.listen:
@@ -56,7 +65,7 @@ async def run_proxy(config: Config, stop: asyncio.Event) -> int:
         return 1
     admin = None
     if config.admin is not None:
-        admin = AdminServer(ctx)
+        admin = AdminServer(ctx, reloader.reload if reloader is not None else None)
         try:
             await admin.start(config.admin)
             log.info("admin HTTP on %s", config.admin)
@@ -68,7 +77,17 @@ async def run_proxy(config: Config, stop: asyncio.Event) -> int:
             return 1
     ctx.warm_up()
     ctx.health.start()
+    hup_task = None
+    if reloader is not None:
+        if config.reload.watch:
+            reloader.start_watching()
+        if hup is not None:
+            hup_task = loop.create_task(_reload_on(hup, reloader))
     await stop.wait()
+    if hup_task is not None:
+        hup_task.cancel()
+    if reloader is not None:
+        reloader.stop()
     await ctx.health.stop()
     if admin is not None:
         admin.close()
@@ -78,7 +97,7 @@ async def run_proxy(config: Config, stop: asyncio.Event) -> int:
     ctx.draining = True
     for session in list(ctx.clients):
         session.begin_drain()
-    deadline = loop.time() + config.shutdown.drain_timeout_ms / 1000
+    deadline = loop.time() + ctx.config.shutdown.drain_timeout_ms / 1000
     while ctx.clients and loop.time() < deadline:
         await asyncio.sleep(0.01)
     for session in list(ctx.clients):
@@ -89,6 +108,13 @@ async def run_proxy(config: Config, stop: asyncio.Event) -> int:
         await srv.wait_closed()
     log.info("stopped")
     return 0
+
+
+async def _reload_on(hup: asyncio.Event, reloader: Reloader) -> None:
+    while True:
+        await hup.wait()
+        hup.clear()
+        await reloader.reload("SIGHUP")
 
 
 def serve(
@@ -113,9 +139,8 @@ def serve(
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        loop.add_signal_handler(
-            signal.SIGHUP, lambda: log.warning("SIGHUP: live reload is not available yet")
-        )
-        return await run_proxy(config, stop)
+        hup = asyncio.Event()
+        loop.add_signal_handler(signal.SIGHUP, hup.set)
+        return await run_proxy(config, stop, config_path, hup)
 
     return int(run(main()))

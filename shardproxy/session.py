@@ -210,9 +210,9 @@ class ClientSession(asyncio.Protocol):
                 if n == arity or (arity < 0 and n >= -arity):
                     router = ctx.router
                     shard = router.shard_index(argv[1])
-                    if router.replica_reads:
+                    if router.slow:
                         self._cmd = spec.index
-                        self.send_to_shard(shard, spec.write, frame)
+                        self.send_to_shard(shard, spec.write, frame, (argv[1],))
                         continue
                     slot = Slot(self, spec.index, now)
                     queue.append(slot)
@@ -291,11 +291,12 @@ class ClientSession(asyncio.Protocol):
             # no key in this form of the command (e.g. a wrong numkeys): let a node answer
             self.send_to_shard(0, spec.write, frame)
             return
-        shard = router.shard_of_keys([argv[i] for i in positions])
+        keys = [argv[i] for i in positions]
+        shard = router.shard_of_keys(keys)
         if shard < 0:
             self.reply_now(errors.reply("crossslot"))
             return
-        self.send_to_shard(shard, spec.write, frame)
+        self.send_to_shard(shard, spec.write, frame, keys)
 
     def forward_any(self, spec: CommandSpec, frame: bytes) -> None:
         router = self.ctx.router
@@ -305,12 +306,15 @@ class ClientSession(asyncio.Protocol):
                 return
         self.send_to_shard(0, spec.write, frame)
 
-    def send_to_shard(self, shard: int, write: bool, frame: bytes) -> None:
+    def send_to_shard(
+        self, shard: int, write: bool, frame: bytes, keys: Sequence[bytes] = ()
+    ) -> None:
         """Send ``frame`` to the node serving ``shard`` for a new slot in the queue.
 
         A read sent to a replica gets a :class:`ReplicaReadSlot`, retried once on the primary
         if the replica fails before answering."""
         s, node = self.pick(shard, write)
+        slot: Slot
         if node is None or node is s.primary:
             slot = Slot(self, self._cmd, self._now)
         else:
@@ -319,15 +323,33 @@ class ClientSession(asyncio.Protocol):
         if node is None:
             slot.reply = self._no_replica(shard)
         else:
-            node.connection(self.proto, self.id).send(frame, slot)
+            self._send(s, node, frame, slot, keys)
 
-    def send_leg(self, shard: int, write: bool, frame: bytes, slot: object) -> None:
+    def send_leg(
+        self, shard: int, write: bool, frame: bytes, slot: object, keys: Sequence[bytes] = ()
+    ) -> None:
         """Send ``frame`` to ``shard``; ``slot`` (any reply slot) completes with the reply."""
-        _, node = self.pick(shard, write)
+        s, node = self.pick(shard, write)
         if node is None:
             slot.complete(self._no_replica(shard))  # type: ignore[attr-defined]
         else:
-            node.connection(self.proto, self.id).send(frame, slot)  # type: ignore[arg-type]
+            self._send(s, node, frame, slot, keys)
+
+    def _send(
+        self, s: ShardNodes[Node], node: Node, frame: bytes, slot: object, keys: Sequence[bytes]
+    ) -> None:
+        migration = self.ctx.router.migration
+        if migration is not None and keys:
+            # keys that changed shard in a reload move to it first (then the primary answers,
+            # since a replica may not have the moved key yet)
+            proto, cid = self.proto, self.id
+
+            def send() -> None:
+                s.primary.connection(proto, cid).send(frame, slot)  # type: ignore[arg-type]
+
+            if migration.forward(keys, s, send):
+                return
+        node.connection(self.proto, self.id).send(frame, slot)  # type: ignore[arg-type]
 
     def pick(self, shard: int, write: bool) -> tuple[ShardNodes[Node], Node | None]:
         """The shard and the node for a request, with read-your-writes: after this client
