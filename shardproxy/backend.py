@@ -352,11 +352,17 @@ class BackendConnection(asyncio.Protocol):
         pending = self.pending
         touched: list[Flushable] = []
         self.head_since = self.loop.time()
-        hist = self.node.latency
+        node = self.node
+        hist = node.latency
         if hist is not None:
+            # latency by (shard, role); replies to one client read share t0: one bisect
             now = clock()
-            series = self.node.latency_series
+            series = node.latency_series
             counts, sums, nb, bounds = hist.counts, hist.sums, hist.nb, hist.bounds
+            base = series * nb
+            last_t0 = -1.0
+            dt = 0.0
+            bucket = 0
         for r in replies:
             if r[0] == resp.PUSH:
                 continue  # out-of-band push (RESP3); nothing subscribed, nothing to deliver
@@ -365,12 +371,15 @@ class BackendConnection(asyncio.Protocol):
                 return
             slot = pending.popleft()
             if hist is not None:
-                dt = now - slot.t0
-                counts[series * nb + bisect_left(bounds, dt)] += 1
+                if slot.t0 != last_t0:
+                    last_t0 = slot.t0
+                    dt = now - last_t0
+                    bucket = bisect_left(bounds, dt)
+                counts[base + bucket] += 1
                 sums[series] += dt
-            if r[0] == 45 and r.startswith(b"-READONLY") and self.node.role == "primary":
-                if self.node.listener is not None:
-                    self.node.listener.readonly(self.node)
+            if r[0] == 45 and r.startswith(b"-READONLY") and node.role == "primary":
+                if node.listener is not None:
+                    node.listener.readonly(node)
             s = slot.complete(r)
             if s is not None and not s.dirty:
                 s.dirty = True

@@ -614,6 +614,14 @@ class Config:
     shutdown: ShutdownConfig = field(
         default_factory=ShutdownConfig, metadata={"section": ShutdownConfig}
     )
+    workers: int = field(
+        default=1,
+        metadata=_key(
+            POSITIVE_INT,
+            "worker processes sharing the listen port (SO_REUSEPORT) under a supervisor that "
+            "restarts a worker that dies; `--workers` overrides it",
+        ),
+    )
     reload: ReloadConfig = field(default_factory=ReloadConfig, metadata={"section": ReloadConfig})
     migration: MigrationConfig = field(
         default_factory=MigrationConfig, metadata={"section": MigrationConfig}

@@ -120,13 +120,20 @@ class Histogram:
 
 
 class CommandCounters:
-    """Per-command reply counts (ok / error) and latency, indexed by the command table."""
+    """Per-command latency and error counts, indexed by the command table. The histogram's
+    count is the number of replies; ``errors`` counts those that were errors."""
 
-    __slots__ = ("calls", "latency")
+    __slots__ = ("errors", "latency")
 
     def __init__(self, commands: int) -> None:
-        self.calls = [0] * (2 * commands)  # calls[2 * index + (1 if error else 0)]
+        self.errors = [0] * commands
         self.latency = Histogram(commands)
+
+    def calls(self, index: int) -> tuple[int, int]:
+        """(ok, error) replies of command ``index``."""
+        nb = self.latency.nb
+        total = sum(self.latency.counts[index * nb : (index + 1) * nb])
+        return total - self.errors[index], self.errors[index]
 
 
 @dataclass

@@ -22,6 +22,17 @@ Replies (backend -> proxy)
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
+
+try:
+    import hiredis
+except ImportError:  # pragma: no cover - hiredis is a dependency; the Python parser suffices
+    hiredis = None
+
+
+def _new_reader() -> Any:
+    return hiredis.Reader() if hiredis is not None else None
+
 
 CRLF = b"\r\n"
 _STAR = 42  # '*'
@@ -39,9 +50,10 @@ class RequestParser:
     (``Protocol error: <error>`` is what the client sees) and the parser refuses further input.
     """
 
-    __slots__ = ("_buf", "_chunks", "_have", "_need", "error", "max_bulk", "max_inline")
+    __slots__ = ("_buf", "_chunks", "_have", "_need", "_reader", "error", "max_bulk", "max_inline")
 
     def __init__(self, max_bulk: int = 512 * 1024 * 1024, max_inline: int = 64 * 1024) -> None:
+        self._reader: Any = _new_reader()  # hiredis, for the fast path (None without hiredis)
         self._buf = b""  # unparsed bytes (start of a partial request)
         self._chunks: list[bytes] = []  # data held back while a known-size frame is incomplete
         self._have = 0  # bytes in _buf + _chunks
@@ -58,6 +70,10 @@ class RequestParser:
     def feed(self, data: bytes) -> list[tuple[list[bytes], bytes]]:
         if self.error is not None:
             return []
+        if not self._buf and not self._need and self._reader is not None and data[:1] == b"*":
+            fast = self._fast(data)
+            if fast is not None:
+                return fast
         if self._need:
             self._chunks.append(data)
             self._have += len(data)
@@ -75,6 +91,50 @@ class RequestParser:
         pos = self._parse(buf, out)
         self._buf = buf[pos:] if pos < len(buf) else b""
         self._have = len(self._buf)
+        return out
+
+    def _fast(self, data: bytes) -> list[tuple[list[bytes], bytes]] | None:
+        """hiredis parses ``data`` (C speed); each request's frame is cut out by its canonical
+        length. Canonical encoding is the shortest, so when the lengths add up to exactly
+        ``len(data)`` every request was canonical and complete, and the frames are exact.
+        Anything else (a partial request at the end, non-canonical lengths, nested or
+        non-bulk elements, oversized arguments, garbage) returns None: the Python parser then
+        handles ``data`` from scratch."""
+        reader = self._reader
+        out: list[tuple[list[bytes], bytes]] = []
+        pos = 0
+        max_bulk = self.max_bulk
+        try:
+            reader.feed(data)
+            gets = reader.gets
+            while True:
+                argv = gets()
+                if argv is False:
+                    break
+                if argv.__class__ is not list:
+                    raise ValueError
+                n = len(argv)
+                size = pos + (4 if n < 10 else 5 if n < 100 else 3 + len(str(n)))
+                for a in argv:
+                    if a.__class__ is not bytes:
+                        raise ValueError
+                    la = len(a)
+                    if la < 10:
+                        size += la + 6
+                    elif la < 100:
+                        size += la + 7
+                    elif la <= max_bulk:
+                        size += la + 5 + len(str(la))
+                    else:
+                        raise ValueError
+                if n:
+                    out.append((argv, data[pos:size]))
+                pos = size
+        except Exception:
+            pos = -1
+        if pos != len(data):
+            self._reader = _new_reader()  # drop whatever it holds; start clean
+            return None
         return out
 
     def _parse(self, buf: bytes, out: list[tuple[list[bytes], bytes]]) -> int:
@@ -139,9 +199,8 @@ class RequestParser:
                     # frame has at least one more byte per argument left.
                     self._need = (end + 2 - pos) + (count - len(argv) - 1) * 4
                     return pos
-                if buf[end : end + 2] != CRLF:
-                    self.error = "expected CRLF after bulk string"
-                    return pos
+                # Like Redis, the two bytes after the data are skipped, not checked (the
+                # backend reads the forwarded frame the same way).
                 append(buf[start:end])
                 p = end + 2
             out.append((argv, buf[pos:p]))

@@ -388,13 +388,13 @@ class ProxyContext:
             if m is not None
             else []
         )
-        calls = self.command_counters.calls
-        hist = self.command_counters.latency
+        counters = self.command_counters
+        hist = counters.latency
         names = command_label_names()
         cmd_samples = []
         hist_samples = []
         for i, name in enumerate(names):
-            ok, err = calls[2 * i], calls[2 * i + 1]
+            ok, err = counters.calls(i)
             if ok:
                 cmd_samples.append(S((name, "ok"), ok))
             if err:

@@ -14,6 +14,9 @@ import contextlib
 import logging
 import os
 import signal
+import socket
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from shardproxy import log as logsetup
 from shardproxy.admin import AdminServer
@@ -26,17 +29,32 @@ log = logging.getLogger("shardproxy.server")
 
 
 async def start_listener(
-    ctx: ProxyContext, address: Address, loop: asyncio.AbstractEventLoop
+    ctx: ProxyContext,
+    address: Address,
+    loop: asyncio.AbstractEventLoop,
+    sock: socket.socket | None = None,
+    reuse_port: bool = False,
 ) -> asyncio.AbstractServer:
+    """Listen on ``address`` (or on an already bound ``sock`` inherited from a supervisor)."""
+
     def factory() -> ClientSession:
         return ClientSession(ctx)
 
+    if sock is not None:
+        if sock.family == socket.AF_UNIX:
+            return await loop.create_unix_server(factory, sock=sock, backlog=1024)
+        return await loop.create_server(factory, sock=sock, backlog=1024)
     if address.unix:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(address.unix)
         return await loop.create_unix_server(factory, address.unix, backlog=1024)
     return await loop.create_server(
-        factory, address.host, address.port, reuse_address=True, backlog=1024
+        factory,
+        address.host,
+        address.port,
+        reuse_address=True,
+        reuse_port=reuse_port or None,
+        backlog=1024,
     )
 
 
@@ -45,17 +63,25 @@ async def run_proxy(
     stop: asyncio.Event,
     config_path: str | None = None,
     hup: asyncio.Event | None = None,
+    *,
+    sockets: dict[str, socket.socket] | None = None,
+    reuse_port: bool = False,
+    admin_address: Address | bool | None = True,
 ) -> int:
     """Serve ``config`` until ``stop`` is set, then drain and close. Returns the exit code.
 
-    With ``config_path``, setting ``hup`` (SIGHUP) or ``POST /reload`` reloads that file."""
+    With ``config_path``, setting ``hup`` (SIGHUP) or ``POST /reload`` reloads that file.
+    A worker under the supervisor gets its listening ``sockets`` (by address, for unix
+    listeners) or ``reuse_port``, and a private ``admin_address`` the supervisor asks;
+    ``admin_address=True`` means the config's admin listener."""
     loop = asyncio.get_running_loop()
     ctx = ProxyContext(config, loop)
     reloader = Reloader(ctx, config_path) if config_path else None
     servers = []
     try:
         for address in config.listen:
-            servers.append(await start_listener(ctx, address, loop))
+            sock = (sockets or {}).get(str(address))
+            servers.append(await start_listener(ctx, address, loop, sock, reuse_port))
             log.info("listening on %s", address)
     except OSError as exc:
         log.error("cannot listen: %s", exc)
@@ -64,13 +90,14 @@ async def run_proxy(
         ctx.close()
         return 1
     admin = None
-    if config.admin is not None:
+    admin_at = config.admin if admin_address is True else admin_address
+    if isinstance(admin_at, Address):
         admin = AdminServer(ctx, reloader.reload if reloader is not None else None)
         try:
-            await admin.start(config.admin)
-            log.info("admin HTTP on %s", config.admin)
+            await admin.start(admin_at)
+            log.info("admin HTTP on %s", admin_at)
         except OSError as exc:
-            log.error("cannot listen for admin HTTP on %s: %s", config.admin, exc)
+            log.error("cannot listen for admin HTTP on %s: %s", admin_at, exc)
             for srv in servers:
                 srv.close()
             ctx.close()
@@ -117,22 +144,43 @@ async def _reload_on(hup: asyncio.Event, reloader: Reloader) -> None:
         await reloader.reload("SIGHUP")
 
 
+def _loop_runner() -> Callable[[Coroutine[Any, Any, int]], int]:
+    try:
+        import uvloop
+
+        return uvloop.run  # type: ignore[no-any-return]
+    except ImportError:  # pragma: no cover - uvloop is a dependency, but stay usable without it
+        return asyncio.run
+
+
 def serve(
     config: Config,
     config_path: str | None = None,
     workers: int | None = None,
     log_level: str = "info",
 ) -> int:
-    """Run the proxy in this process until SIGTERM/SIGINT. Returns the exit code."""
-    logsetup.setup(log_level)
-    if workers not in (None, 1):
-        log.warning("workers=%s requested; this build runs one worker process", workers)
-    try:
-        import uvloop
+    """Run the proxy until SIGTERM/SIGINT; returns the exit code.
 
-        run = uvloop.run
-    except ImportError:  # pragma: no cover - uvloop is a dependency, but stay usable without it
-        run = asyncio.run  # type: ignore[assignment]
+    With more than one worker (``--workers`` or ``workers:``), a supervisor process runs the
+    workers (see supervisor.py); otherwise this process serves."""
+    logsetup.setup(log_level)
+    n = workers if workers is not None else config.workers
+    if n > 1:
+        from shardproxy.supervisor import run_supervisor
+
+        return run_supervisor(config, config_path, n, log_level)
+    return serve_worker(config, config_path)
+
+
+def serve_worker(
+    config: Config,
+    config_path: str | None,
+    *,
+    sockets: dict[str, socket.socket] | None = None,
+    reuse_port: bool = False,
+    admin_address: Address | bool | None = True,
+) -> int:
+    """One serving process: its own event loop (uvloop), signal handlers that only set events."""
 
     async def main() -> int:
         loop = asyncio.get_running_loop()
@@ -141,6 +189,14 @@ def serve(
             loop.add_signal_handler(sig, stop.set)
         hup = asyncio.Event()
         loop.add_signal_handler(signal.SIGHUP, hup.set)
-        return await run_proxy(config, stop, config_path, hup)
+        return await run_proxy(
+            config,
+            stop,
+            config_path,
+            hup,
+            sockets=sockets,
+            reuse_port=reuse_port,
+            admin_address=admin_address,
+        )
 
-    return int(run(main()))
+    return int(_loop_runner()(main()))

@@ -400,19 +400,28 @@ class ClientSession(asyncio.Protocol):
             ctx = self.ctx
             out: list[bytes] = []
             if ctx.count_commands:
-                # metrics: count each reply by command and status, and its latency
+                # metrics: each reply's latency by command (the histogram's count is the
+                # command count), and errors by command. Replies of one read share t0, so the
+                # bucket is found once per read, not once per reply.
                 now = clock()
-                calls = ctx.command_counters.calls
+                errs = ctx.command_counters.errors
                 hist = ctx.command_counters.latency
                 counts, sums, nb, bounds = hist.counts, hist.sums, hist.nb, hist.bounds
+                last_t0 = -1.0
+                dt = 0.0
+                bucket = 0
                 while q and q[0].reply is not None:
                     slot = q.popleft()
                     r: bytes = slot.reply  # type: ignore[assignment]
                     out.append(r)
                     c = slot.cmd
-                    calls[c + c + (r[0] == 45)] += 1  # 45: '-', an error reply
-                    dt = now - slot.t0
-                    counts[c * nb + bisect_left(bounds, dt)] += 1
+                    if r[0] == 45:  # '-': an error reply
+                        errs[c] += 1
+                    if slot.t0 != last_t0:
+                        last_t0 = slot.t0
+                        dt = now - last_t0
+                        bucket = bisect_left(bounds, dt)
+                    counts[c * nb + bucket] += 1
                     sums[c] += dt
             else:
                 while q and q[0].reply is not None:

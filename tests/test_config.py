@@ -485,6 +485,7 @@ def test_reference_markdown_lists_every_key() -> None:
         "limits.max_inline_bytes",
         "limits.max_clients",
         "shutdown.drain_timeout_ms",
+        "workers",
         "reload.watch",
         "migration.window_s",
         "migration.copy",
