@@ -187,8 +187,9 @@ class Proxy:
         self.path = workdir / f"topology-{free_port()}.yaml"
         self.path.write_text(yaml.safe_dump(topology))
         listen = topology["listen"]
-        assert isinstance(listen, str)
-        self.port = int(listen.rsplit(":", 1)[1])
+        first = listen[0] if isinstance(listen, list) else listen  # the first must be TCP
+        assert isinstance(first, str)
+        self.port = int(first.rsplit(":", 1)[1])
         admin = topology.get("admin", "off")
         self.admin_port = int(str(admin).rsplit(":", 1)[1]) if admin not in ("off", None) else None
         self.proc: subprocess.Popen[bytes] | None = None
