@@ -1,0 +1,102 @@
+"""The benchmark tool end to end: ``python -m bench.run --quick --rounds 1`` on a real fleet.
+
+It starts redis-server, nutcracker and two shardproxy processes itself; this test checks the
+JSON it writes (every configuration, a positive rps for every target, the ratios), the chart,
+and that every process it recorded is gone once it has exited.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+pytestmark = pytest.mark.nutcracker
+
+CONFIGURATIONS = {
+    "set-c50-P1",
+    "get-c50-P1",
+    "set-c200-P1",
+    "get-c200-P1",
+    "set-c50-P16",
+    "get-c50-P16",
+    "mget10-c50-P1",
+    "get-read-heavy-prefer-replica",
+}
+TARGETS = ("direct", "nutcracker", "shardproxy")
+
+
+def _running(pid: int, start_time: int) -> bool:
+    """The process ``pid`` that started at ``start_time`` still exists (and is no zombie)."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    fields = text[text.rindex(")") + 2 :].split()
+    return int(fields[19]) == start_time and fields[0] not in ("Z", "X")
+
+
+def test_quick_benchmark_writes_results_and_leaves_nothing_running(tmp_path: Path) -> None:
+    for binary in ("redis-server", "redis-benchmark"):
+        assert shutil.which(binary), f"{binary} is needed"
+    assert shutil.which("nutcracker") or os.access("/usr/sbin/nutcracker", os.X_OK)
+    out = tmp_path / "results"
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.run", "--quick", "--rounds", "1", "--out", str(out)],
+        cwd=REPO,
+        env=dict(os.environ, PYTHONPATH=str(REPO)),
+        capture_output=True,
+        text=True,
+        timeout=100,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:] + done.stdout[-3000:]
+
+    results = json.loads((out / "results.json").read_text())
+    confs = {conf["key"]: conf for conf in results["configurations"]}
+    assert set(confs) == CONFIGURATIONS
+    for key, conf in confs.items():
+        for target in TARGETS:
+            median = conf["targets"][target]
+            assert median["rps"] > 0, (key, target, conf["runs"][target])
+            assert median["p50_ms"] > 0 and median["p99_ms"] >= median["p50_ms"], (key, target)
+            assert median["runs_ok"] == 1 and median["runs_failed"] == 0
+            assert median["cpu_us_per_request"] is not None
+        for pair in ("shardproxy/nutcracker", "shardproxy/direct"):
+            ratio = conf["ratios"][pair]["rps"]
+            expected = (
+                conf["targets"]["shardproxy"]["rps"] / conf["targets"][pair.split("/")[1]]["rps"]
+            )
+            assert ratio == pytest.approx(expected), (key, pair)
+    assert confs["get-read-heavy-prefer-replica"]["read_policy"] == "prefer-replica"
+
+    memory = results["memory"]
+    for proxy in ("nutcracker", "shardproxy"):
+        assert memory[proxy]["connections_accepted"] == memory["idle_connections"] > 0
+        assert memory[proxy]["rss_kib_idle"] > 0
+        assert memory[proxy]["kib_per_connection"] is not None
+    assert memory["ratio_kib_per_connection"] is not None
+
+    machine = results["machine"]
+    assert machine["nproc"] >= 1 and machine["cpu_model"] and machine["kernel"]
+    assert (out / "rps.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "shardproxy/nutcracker" in done.stdout and "direct" in done.stdout
+
+    processes = results["processes"]
+    names = {p["name"] for p in processes}
+    assert {"nutcracker", "shardproxy (primary)", "shardproxy (prefer-replica)"} <= names
+    assert sum(name.startswith("redis-") for name in names) == 6
+    deadline = time.monotonic() + 5
+    alive = [p for p in processes if _running(p["pid"], p["start_time"])]
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.1)
+        alive = [p for p in alive if _running(p["pid"], p["start_time"])]
+    assert not alive, f"still running after the benchmark exited: {alive}"
