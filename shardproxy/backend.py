@@ -34,11 +34,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from bisect import bisect_left
 from collections import deque
 from dataclasses import dataclass
 from time import perf_counter as clock
-from typing import Protocol, cast
+from typing import Any, Protocol, cast
 
 from shardproxy import errors, resp
 from shardproxy.metrics import Histogram
@@ -61,8 +60,6 @@ class Flushable(Protocol):
 
 class ReplySlot(Protocol):
     """Where a reply goes. ``complete`` returns the session to flush, or None."""
-
-    t0: float  # perf_counter() when the client's request was read (latency histogram)
 
     def complete(self, reply: bytes) -> Flushable | None: ...
 
@@ -146,7 +143,7 @@ class Node:
         self.settings = settings
         self.listener = listener
         self.usable = True
-        self.requests = 0  # requests sent to this node (all connections)
+        self.requests = 0  # requests written to this node (all connections)
         self.errors = {"timeout": 0, "connection": 0, "protocol": 0}  # connection failures
         self.latency: Histogram | None = None
         self.latency_series = 0
@@ -206,6 +203,7 @@ class BackendConnection(asyncio.Protocol):
         "_reconnect_handle",
         "_scanner",
         "_timer",
+        "batches",
         "head_since",
         "last_error",
         "loop",
@@ -225,6 +223,8 @@ class BackendConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.pending: deque[ReplySlot] = deque()  # slots of requests sent or queued, in order
         self.wbuf: list[bytes] = []  # request bytes not yet written
+        # [requests, clock()] of each write not yet fully answered (latency metrics)
+        self.batches: deque[list[Any]] = deque()
         self._flush_scheduled = False
         self._scanner = resp.ReplyScanner()
         self._handshake_left = 0  # handshake replies still expected before client replies
@@ -240,7 +240,6 @@ class BackendConnection(asyncio.Protocol):
         """Queue ``frame``; ``slot`` completes with its reply (or with an error reply)."""
         state = self.state
         if state is READY or state is CONNECTING:
-            self.node.requests += 1
             pending = self.pending
             if not pending:
                 self.head_since = self.loop.time()
@@ -259,6 +258,9 @@ class BackendConnection(asyncio.Protocol):
         if self.state is READY and self.wbuf and self.transport is not None:
             buf = self.wbuf
             self.wbuf = []
+            self.node.requests += len(buf)
+            if self.node.latency is not None:
+                self.batches.append([len(buf), clock()])
             self.transport.write(b"".join(buf) if len(buf) > 1 else buf[0])
 
     def _unavailable(self) -> bytes:
@@ -353,39 +355,41 @@ class BackendConnection(asyncio.Protocol):
         touched: list[Flushable] = []
         self.head_since = self.loop.time()
         node = self.node
-        hist = node.latency
-        if hist is not None:
-            # latency by (shard, role); replies to one client read share t0: one bisect
-            now = clock()
-            series = node.latency_series
-            counts, sums, nb, bounds = hist.counts, hist.sums, hist.nb, hist.bounds
-            base = series * nb
-            last_t0 = -1.0
-            dt = 0.0
-            bucket = 0
+        done = 0
         for r in replies:
             if r[0] == resp.PUSH:
                 continue  # out-of-band push (RESP3); nothing subscribed, nothing to deliver
             if not pending:
                 self._fail("reply without a request", kind="protocol")
                 return
-            slot = pending.popleft()
-            if hist is not None:
-                if slot.t0 != last_t0:
-                    last_t0 = slot.t0
-                    dt = now - last_t0
-                    bucket = bisect_left(bounds, dt)
-                counts[base + bucket] += 1
-                sums[series] += dt
+            done += 1
             if r[0] == 45 and r.startswith(b"-READONLY") and node.role == "primary":
                 if node.listener is not None:
                     node.listener.readonly(node)
-            s = slot.complete(r)
+            s = pending.popleft().complete(r)
             if s is not None and not s.dirty:
                 s.dirty = True
                 touched.append(s)
+        if node.latency is not None:
+            self._observe(done)
         for s in touched:
             s.flush()
+
+    def _observe(self, n: int) -> None:
+        """Latency of ``n`` answered requests: each write batch's requests share a send time."""
+        now = clock()
+        batches = self.batches
+        hist = self.node.latency
+        series = self.node.latency_series
+        while n and batches:
+            batch = batches[0]
+            k = batch[0] if batch[0] <= n else n
+            hist.observe_many(series, now - batch[1], k)  # type: ignore[union-attr]
+            n -= k
+            if k == batch[0]:
+                batches.popleft()
+            else:
+                batch[0] -= k
 
     # -- failures --------------------------------------------------------------------------
 
@@ -445,6 +449,7 @@ class BackendConnection(asyncio.Protocol):
             self._timer.cancel()
             self._timer = None
         self.wbuf.clear()
+        self.batches.clear()
         self._handshake_left = 0
         self._scanner = resp.ReplyScanner()
         pending, self.pending = self.pending, deque()

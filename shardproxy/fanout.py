@@ -97,12 +97,11 @@ class Gather:
 class Leg:
     """One shard's part of a fan-out: a reply slot that answers its parent by index."""
 
-    __slots__ = ("index", "parent", "t0")
+    __slots__ = ("index", "parent")
 
     def __init__(self, parent: Gather, index: int) -> None:
         self.parent = parent
         self.index = index
-        self.t0 = parent.t0  # when the request was read (backend latency metrics)
 
     def complete(self, reply: bytes) -> object | None:
         return self.parent.leg_done(self.index, reply)

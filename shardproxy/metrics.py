@@ -37,28 +37,36 @@ class MetricDef:
     type: str  # counter | gauge | histogram
     labels: tuple[str, ...]
     help: str
+    #: How the supervisor combines the values of several worker processes (supervisor.py):
+    #: "sum" (counters and histograms always; gauges that count things) or "max" (gauges that
+    #: are a state or a level, where adding the workers' views would be wrong).
+    merge: str
+
+    def __post_init__(self) -> None:
+        if self.merge not in ("sum", "max") or (self.merge == "max" and self.type != "gauge"):
+            raise ValueError(f"{self.name}: merge must be sum, or max for a gauge")
 
 
 # fmt: off
 METRICS: tuple[MetricDef, ...] = (
-    MetricDef("shardproxy_build_info", "gauge", ("version", "python"), "Always 1; the labels say which build runs."),
-    MetricDef("shardproxy_client_connections", "gauge", (), "Client connections open now."),
-    MetricDef("shardproxy_client_connections_accepted_total", "counter", (), "Client connections accepted."),
-    MetricDef("shardproxy_client_connections_rejected_total", "counter", (), "Client connections refused (limits.max_clients reached, or draining)."),
-    MetricDef("shardproxy_client_received_bytes_total", "counter", (), "Bytes read from clients."),
-    MetricDef("shardproxy_client_sent_bytes_total", "counter", (), "Bytes written to clients."),
-    MetricDef("shardproxy_commands_total", "counter", ("command", "status"), "Commands answered, by command and by whether the reply was an error."),
-    MetricDef("shardproxy_command_duration_seconds", "histogram", ("command",), "Time from reading a command to its reply being ready to write, by command."),
-    MetricDef("shardproxy_backend_requests_total", "counter", ("shard", "node", "role"), "Requests sent to each backend node."),
-    MetricDef("shardproxy_backend_request_duration_seconds", "histogram", ("shard", "role"), "Time from sending a request to a node to its reply, by shard and role."),
-    MetricDef("shardproxy_backend_errors_total", "counter", ("shard", "node", "type"), "Backend connection failures by type: timeout, connection, protocol."),
-    MetricDef("shardproxy_backend_pending_requests", "gauge", ("shard", "node", "role"), "Requests sent to a node and not yet answered."),
-    MetricDef("shardproxy_backend_up", "gauge", ("shard", "node", "role"), "1 while the node is usable, 0 while it is down."),
-    MetricDef("shardproxy_replica_lag_bytes", "gauge", ("shard", "node"), "Replication offset a replica is behind its primary (from health probes)."),
-    MetricDef("shardproxy_failovers_total", "counter", ("shard", "result"), "Primary changes of a shard, by result (success, failure)."),
-    MetricDef("shardproxy_config_reloads_total", "counter", ("result",), "Topology reloads, by result (success, failure)."),
-    MetricDef("shardproxy_migration_active", "gauge", (), "1 while keys that a reload moved to another shard are being moved."),
-    MetricDef("shardproxy_migration_keys_moved_total", "counter", ("how",), "Keys moved to their new shard during the last migration: on access (a miss served from the previous owner) or by the background copy."),
+    MetricDef("shardproxy_build_info", "gauge", ("version", "python"), "Always 1; the labels say which build runs.", "max"),
+    MetricDef("shardproxy_client_connections", "gauge", (), "Client connections open now.", "sum"),
+    MetricDef("shardproxy_client_connections_accepted_total", "counter", (), "Client connections accepted.", "sum"),
+    MetricDef("shardproxy_client_connections_rejected_total", "counter", (), "Client connections refused (limits.max_clients reached, or draining).", "sum"),
+    MetricDef("shardproxy_client_received_bytes_total", "counter", (), "Bytes read from clients.", "sum"),
+    MetricDef("shardproxy_client_sent_bytes_total", "counter", (), "Bytes written to clients.", "sum"),
+    MetricDef("shardproxy_commands_total", "counter", ("command", "status"), "Commands answered, by command and by whether the reply was an error.", "sum"),
+    MetricDef("shardproxy_command_duration_seconds", "histogram", ("command",), "Time from reading a command to its reply being ready to write, by command.", "sum"),
+    MetricDef("shardproxy_backend_requests_total", "counter", ("shard", "node", "role"), "Requests sent to each backend node.", "sum"),
+    MetricDef("shardproxy_backend_request_duration_seconds", "histogram", ("shard", "role"), "Time from sending a request to a node to its reply, by shard and role.", "sum"),
+    MetricDef("shardproxy_backend_errors_total", "counter", ("shard", "node", "type"), "Backend connection failures by type: timeout, connection, protocol.", "sum"),
+    MetricDef("shardproxy_backend_pending_requests", "gauge", ("shard", "node", "role"), "Requests sent to a node and not yet answered.", "sum"),
+    MetricDef("shardproxy_backend_up", "gauge", ("shard", "node", "role"), "1 while the node is usable, 0 while it is down.", "max"),
+    MetricDef("shardproxy_replica_lag_bytes", "gauge", ("shard", "node"), "Replication offset a replica is behind its primary (from health probes).", "max"),
+    MetricDef("shardproxy_failovers_total", "counter", ("shard", "result"), "Primary changes of a shard, by result (success, failure).", "sum"),
+    MetricDef("shardproxy_config_reloads_total", "counter", ("result",), "Topology reloads, by result (success, failure).", "sum"),
+    MetricDef("shardproxy_migration_active", "gauge", (), "1 while keys that a reload moved to another shard are being moved.", "max"),
+    MetricDef("shardproxy_migration_keys_moved_total", "counter", ("how",), "Keys moved to their new shard during the last migration: on access (a miss served from the previous owner) or by the background copy.", "sum"),
 )
 # fmt: on
 
@@ -98,6 +106,11 @@ class Histogram:
     def observe(self, series: int, value: float) -> None:
         self.counts[series * self.nb + bisect_left(self.bounds, value)] += 1
         self.sums[series] += value
+
+    def observe_many(self, series: int, value: float, n: int) -> None:
+        """``n`` observations of the same ``value``."""
+        self.counts[series * self.nb + bisect_left(self.bounds, value)] += n
+        self.sums[series] += value * n
 
     def grow(self, series: int) -> None:
         """Make room for at least ``series`` label sets."""

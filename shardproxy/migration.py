@@ -56,11 +56,10 @@ Send = Callable[["Node", bytes, Any], None]
 class CallSlot:
     """A reply slot for the proxy's own commands: resolves a future."""
 
-    __slots__ = ("future", "t0")
+    __slots__ = ("future",)
 
     def __init__(self, future: asyncio.Future[bytes]) -> None:
         self.future = future
-        self.t0 = time.perf_counter()
 
     def complete(self, reply: bytes) -> None:
         if not self.future.done():

@@ -24,14 +24,13 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-try:
-    import hiredis
-except ImportError:  # pragma: no cover - hiredis is a dependency; the Python parser suffices
-    hiredis = None
-
-
 def _new_reader() -> Any:
-    return hiredis.Reader() if hiredis is not None else None
+    """A hiredis reader for the request fast path; None (Python parser only) without hiredis."""
+    try:
+        from hiredis import Reader
+    except ImportError:  # pragma: no cover - hiredis is a dependency
+        return None
+    return Reader()
 
 
 CRLF = b"\r\n"

@@ -148,7 +148,7 @@ def _loop_runner() -> Callable[[Coroutine[Any, Any, int]], int]:
     try:
         import uvloop
 
-        return uvloop.run  # type: ignore[no-any-return]
+        return uvloop.run
     except ImportError:  # pragma: no cover - uvloop is a dependency, but stay usable without it
         return asyncio.run
 

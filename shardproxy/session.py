@@ -199,24 +199,28 @@ class ClientSession(asyncio.Protocol):
         queue = self.queue
         proto = self.proto
         cid = self.id
+        router = ctx.router  # a reload swaps ctx.router between reads, never during one
+        shard_index = router.shard_index
+        shards = router.shards
+        fast = not router.slow
         for argv, frame in requests:
             spec = table.get(argv[0])
             if spec is None:
                 spec = table.get(argv[0].lower())
-            # The hot path, inline: a command with one key at argv[1].
-            if spec is not None and spec.single_key and len(argv) >= 2:
-                arity = spec.arity
+            # The hot path, inline: a command with one key at argv[1], primary routing.
+            if spec is not None and spec.single_key:
                 n = len(argv)
+                arity = spec.arity
                 if n == arity or (arity < 0 and n >= -arity):
-                    router = ctx.router
-                    shard = router.shard_index(argv[1])
-                    if router.slow:
+                    if fast:
+                        slot = Slot(self, spec.index, now)
+                        queue.append(slot)
+                        shards[shard_index(argv[1])].primary.connection(proto, cid).send(
+                            frame, slot
+                        )
+                    else:
                         self._cmd = spec.index
-                        self.send_to_shard(shard, spec.write, frame, (argv[1],))
-                        continue
-                    slot = Slot(self, spec.index, now)
-                    queue.append(slot)
-                    router.shards[shard].primary.connection(proto, cid).send(frame, slot)
+                        self.send_to_shard(shard_index(argv[1]), spec.write, frame, (argv[1],))
                     continue
             self._cmd = UNKNOWN if spec is None else spec.index
             try:
@@ -231,8 +235,13 @@ class ClientSession(asyncio.Protocol):
             self._cmd = UNKNOWN
             self.reply_now(errors.reply("protocol", detail=parser.error))
             self.closing = True
-        self.flush()
-        if len(queue) > ctx.limits.max_pending_per_client or self.closing:
+        if queue:
+            if queue[0].reply is not None:
+                self.flush()  # replies the proxy answered itself
+            if len(queue) > ctx.limits.max_pending_per_client:
+                self._pause_reading()
+        if self.closing:
+            self.flush()
             self._pause_reading()
 
     def dispatch(self, spec: CommandSpec | None, argv: list[bytes], frame: bytes) -> None:
@@ -407,9 +416,10 @@ class ClientSession(asyncio.Protocol):
                 errs = ctx.command_counters.errors
                 hist = ctx.command_counters.latency
                 counts, sums, nb, bounds = hist.counts, hist.sums, hist.nb, hist.bounds
-                last_t0 = -1.0
-                dt = 0.0
-                bucket = 0
+                # runs of replies with the same command and read time are counted at once
+                run_c = -1
+                run_t0 = 0.0
+                run_n = 0
                 while q and q[0].reply is not None:
                     slot = q.popleft()
                     r: bytes = slot.reply  # type: ignore[assignment]
@@ -417,12 +427,17 @@ class ClientSession(asyncio.Protocol):
                     c = slot.cmd
                     if r[0] == 45:  # '-': an error reply
                         errs[c] += 1
-                    if slot.t0 != last_t0:
-                        last_t0 = slot.t0
-                        dt = now - last_t0
-                        bucket = bisect_left(bounds, dt)
-                    counts[c * nb + bucket] += 1
-                    sums[c] += dt
+                    if c == run_c and slot.t0 == run_t0:
+                        run_n += 1
+                        continue
+                    if run_n:
+                        dt = now - run_t0
+                        counts[run_c * nb + bisect_left(bounds, dt)] += run_n
+                        sums[run_c] += dt * run_n
+                    run_c, run_t0, run_n = c, slot.t0, 1
+                dt = now - run_t0
+                counts[run_c * nb + bisect_left(bounds, dt)] += run_n
+                sums[run_c] += dt * run_n
             else:
                 while q and q[0].reply is not None:
                     out.append(q.popleft().reply)  # type: ignore[arg-type]
