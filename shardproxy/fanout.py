@@ -119,13 +119,39 @@ def merge_array(g: Gather) -> bytes:
     positions: list[list[int]] = g.data  # type: ignore[assignment]
     total = sum(len(p) for p in positions)
     out: list[bytes] = [b""] * total
+    values = _string_arrays(g.results, g.proto)
     for leg, raw in enumerate(g.results):
-        items = resp.split_aggregate(raw)
+        items = values[leg] if values is not None else resp.split_aggregate(raw)
         if items is None or len(items) != len(positions[leg]):
             raise resp.ReplyError("a shard returned the wrong number of values")
         for pos, item in zip(positions[leg], items, strict=True):
             out[pos] = item
     return resp.array(out)
+
+
+def _string_arrays(replies: list[bytes], proto: int) -> list[list[bytes]] | None:
+    """MGET legs' arrays of strings and nulls, parsed by hiredis (C) and re-encoded as bulk
+    strings and nulls of ``proto``; None if any element is something else."""
+    reader = resp.new_reader()
+    if reader is None:
+        return None
+    null = resp.null(proto)
+    out = []
+    for raw in replies:
+        reader.feed(raw)
+        values = reader.gets()
+        if values.__class__ is not list:
+            return None
+        items = []
+        for v in values:
+            if v is None:
+                items.append(null)
+            elif v.__class__ is bytes:
+                items.append(b"$%d\r\n%s\r\n" % (len(v), v))
+            else:
+                return None
+        out.append(items)
+    return out
 
 
 def merge_ok(g: Gather) -> bytes:
@@ -213,7 +239,7 @@ def merge_scan(g: Gather) -> bytes:
 class Fanout:
     """Plans and starts fan-out requests for a session (one instance per proxy)."""
 
-    def split(self, session: LegSender, spec: CommandSpec, argv: list[bytes]) -> None:
+    def split(self, session: LegSender, spec: CommandSpec, argv: list[bytes], frame: bytes) -> None:
         """MGET / MSET / DEL ...: one sub-command per shard with that shard's keys."""
         step = 2 if spec.name == "mset" else 1
         args = argv[1:]
@@ -227,7 +253,7 @@ class Fanout:
         if len(groups) == 1:
             # all keys on one shard: forward as is, no merge needed
             (shard,) = groups
-            session.send_to_shard(shard, spec.write, resp.encode_command(argv), keys)
+            session.send_to_shard(shard, spec.write, frame, keys)
             return
         positions = list(groups.values())
         g = Gather(session, len(groups), merge, session.proto, positions)

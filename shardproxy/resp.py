@@ -24,7 +24,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-def _new_reader() -> Any:
+
+def new_reader() -> Any:
     """A hiredis reader for the request fast path; None (Python parser only) without hiredis."""
     try:
         from hiredis import Reader
@@ -52,7 +53,7 @@ class RequestParser:
     __slots__ = ("_buf", "_chunks", "_have", "_need", "_reader", "error", "max_bulk", "max_inline")
 
     def __init__(self, max_bulk: int = 512 * 1024 * 1024, max_inline: int = 64 * 1024) -> None:
-        self._reader: Any = _new_reader()  # hiredis, for the fast path (None without hiredis)
+        self._reader: Any = new_reader()  # hiredis, for the fast path (None without hiredis)
         self._buf = b""  # unparsed bytes (start of a partial request)
         self._chunks: list[bytes] = []  # data held back while a known-size frame is incomplete
         self._have = 0  # bytes in _buf + _chunks
@@ -132,7 +133,7 @@ class RequestParser:
         except Exception:
             pos = -1
         if pos != len(data):
-            self._reader = _new_reader()  # drop whatever it holds; start clean
+            self._reader = new_reader()  # drop whatever it holds; start clean
             return None
         return out
 

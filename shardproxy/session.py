@@ -280,7 +280,7 @@ class ClientSession(asyncio.Protocol):
         elif kind == KIND_LOCAL:
             self.ctx.local.handle(self, spec, argv)
         elif kind == KIND_SPLIT:
-            self.ctx.fanout.split(self, spec, argv)
+            self.ctx.fanout.split(self, spec, argv, frame)
         elif kind == KIND_ALL:
             self.ctx.fanout.all_shards(self, spec, argv, frame)
         elif kind == KIND_ANY:
