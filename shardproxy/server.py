@@ -77,6 +77,14 @@ async def run_proxy(
     loop = asyncio.get_running_loop()
     ctx = ProxyContext(config, loop)
     reloader = Reloader(ctx, config_path) if config_path else None
+    ctx.warm_up()
+    ctx.health.start()
+    ready = getattr(ctx.health.failover, "ready", None)
+    if isinstance(ready, asyncio.Event):
+        # Sentinel: learn the current primaries before taking traffic (bounded wait)
+        cap = (config.timeouts.connect_ms + config.timeouts.command_ms) / 1000
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(ready.wait(), cap)
     servers = []
     try:
         for address in config.listen:
@@ -87,6 +95,7 @@ async def run_proxy(
         log.error("cannot listen: %s", exc)
         for srv in servers:
             srv.close()
+        await ctx.health.stop()
         ctx.close()
         return 1
     admin = None
@@ -100,10 +109,9 @@ async def run_proxy(
             log.error("cannot listen for admin HTTP on %s: %s", admin_at, exc)
             for srv in servers:
                 srv.close()
+            await ctx.health.stop()
             ctx.close()
             return 1
-    ctx.warm_up()
-    ctx.health.start()
     hup_task = None
     if reloader is not None:
         if config.reload.watch:

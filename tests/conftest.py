@@ -72,6 +72,7 @@ class RedisServer:
             "--daemonize", "no",
             "--dir", str(self.dir),
             "--logfile", str(self.dir / "redis.log"),
+            "--repl-diskless-sync-delay", "0",  # replicas sync at once (tests start many)
         ]  # fmt: skip
         if self.replicaof:
             args += ["--replicaof", "127.0.0.1", str(self.replicaof)]
