@@ -7,6 +7,8 @@ node states and the roles the nodes themselves report.
 
     listed primary reports it is a replica of X (X a node of the shard, reporting master)
         └─▶ adopt X as primary                      (restarted proxies, several proxies)
+    several nodes of the shard report master (an old primary came back empty)
+        └─▶ the one with the highest replication offset is the primary
     primary DOWN and a replica already reports master
         └─▶ adopt that replica                      (another proxy promoted it first)
     primary DOWN, replicas UP
@@ -79,6 +81,19 @@ class PromoteFailover(NoFailover):
                 switch_primary(s, target)
                 self.record(s.name, "adopted")
                 return
+        # several nodes report master (an old primary came back empty while no proxy that saw
+        # the promotion ran): the one with the most data is the primary, never the empty one
+        masters = [
+            n
+            for n in (s.primary, *s.replicas)
+            if monitor.state(n) != DOWN and _role(monitor, n) == "master"
+        ]
+        if len(masters) > 1:
+            best = max(masters, key=lambda n: (_offset(monitor, n), n is p))
+            if best is not p:
+                switch_primary(s, best)
+                self.record(s.name, "adopted")
+                p = best
         if monitor.state(p) != DOWN:
             self.failed_once.discard(s.name)
             await self._rejoin_old_primaries(s, monitor)

@@ -27,7 +27,7 @@ from bisect import bisect_left
 from collections import deque
 from collections.abc import Sequence
 from time import perf_counter as clock
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from shardproxy import errors, resp
 from shardproxy.commands import (
@@ -77,26 +77,31 @@ class Slot:
         return self.session
 
 
-class ReplicaReadSlot(Slot):
-    """A read sent to a replica: if the replica fails before answering, it is sent once more,
-    to the shard's primary. (Reads only: a write is never retried.)"""
+class ReplicaRetry:
+    """Wraps the reply slot of a read sent to a replica: if the replica fails before answering
+    (down, connection lost, timeout), the read is sent once more, to the shard's primary.
+    Reads only: a write is never retried."""
 
-    __slots__ = ("frame", "primary")
+    __slots__ = ("flushed", "frame", "inner", "primary", "session")
 
-    def __init__(
-        self, session: ClientSession, cmd: int, t0: float, frame: bytes, primary: Node
-    ) -> None:
-        super().__init__(session, cmd, t0)
+    def __init__(self, inner: Any, frame: bytes, primary: Node, session: ClientSession) -> None:
+        self.inner = inner  # the client's Slot, or a fan-out Leg
         self.frame: bytes | None = frame  # None once retried
         self.primary = primary
+        self.session = session
+        self.flushed: Any = None  # what the inner slot returned when failed during the retry
 
-    def fail(self, reply: bytes) -> ClientSession | None:
-        session = self.session
-        if self.frame is None or session is None:
-            return super().fail(reply)
+    def complete(self, reply: bytes) -> Any:
+        return self.inner.complete(reply)
+
+    def fail(self, reply: bytes) -> Any:
+        if self.frame is None or self.session.transport is None:
+            self.flushed = self.inner.fail(reply)
+            return self.flushed
         frame, self.frame = self.frame, None
-        self.primary.connection(session.proto, session.id).send(frame, self)
-        return None
+        self.flushed = None
+        self.primary.connection(self.session.proto, self.session.id).send(frame, self)
+        return self.flushed  # set if the primary failed it at once: flush now, not later
 
 
 class ClientSession(asyncio.Protocol):
@@ -320,19 +325,17 @@ class ClientSession(asyncio.Protocol):
     ) -> None:
         """Send ``frame`` to the node serving ``shard`` for a new slot in the queue.
 
-        A read sent to a replica gets a :class:`ReplicaReadSlot`, retried once on the primary
-        if the replica fails before answering."""
+        A read sent to a replica is wrapped in :class:`ReplicaRetry`: retried once on the
+        primary if the replica fails before answering."""
         s, node = self.pick(shard, write)
-        slot: Slot
-        if node is None or node is s.primary:
-            slot = Slot(self, self._cmd, self._now)
-        else:
-            slot = ReplicaReadSlot(self, self._cmd, self._now, frame, s.primary)
+        slot = Slot(self, self._cmd, self._now)
         self.queue.append(slot)
         if node is None:
             slot.reply = self._no_replica(shard)
-        else:
+        elif node is s.primary:
             self._send(s, node, frame, slot, keys)
+        else:
+            self._send(s, node, frame, ReplicaRetry(slot, frame, s.primary, self), keys)
 
     def send_leg(
         self, shard: int, write: bool, frame: bytes, slot: object, keys: Sequence[bytes] = ()
@@ -341,8 +344,10 @@ class ClientSession(asyncio.Protocol):
         s, node = self.pick(shard, write)
         if node is None:
             slot.complete(self._no_replica(shard))  # type: ignore[attr-defined]
-        else:
+        elif node is s.primary:
             self._send(s, node, frame, slot, keys)
+        else:
+            self._send(s, node, frame, ReplicaRetry(slot, frame, s.primary, self), keys)
 
     def _send(
         self, s: ShardNodes[Node], node: Node, frame: bytes, slot: object, keys: Sequence[bytes]
