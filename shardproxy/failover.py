@@ -64,8 +64,11 @@ def switch_primary(shard: MutableShard, new: ProbedNode) -> None:
 
 
 class PromoteFailover(NoFailover):
-    def __init__(self, record: Record) -> None:
+    def __init__(self, record: Record, act: bool = True) -> None:
         self.record = record
+        # False in workers other than worker 0: they never send REPLICAOF themselves and
+        # follow the roles the nodes report once worker 0 has acted
+        self.act = act
         self.failed_once: set[str] = set()  # shards whose failed attempt was already counted
 
     async def check(self, shard: Shard, monitor: HealthMonitor) -> None:
@@ -96,7 +99,8 @@ class PromoteFailover(NoFailover):
                 p = best
         if monitor.state(p) != DOWN:
             self.failed_once.discard(s.name)
-            await self._rejoin_old_primaries(s, monitor)
+            if self.act:
+                await self._rejoin_old_primaries(s, monitor)
             return
         # 2. primary down: a replica may already have been promoted (by another proxy)
         masters = sorted(
@@ -108,6 +112,8 @@ class PromoteFailover(NoFailover):
             self.record(s.name, "adopted")
             return
         # 3. promote the most up-to-date healthy replica
+        if not self.act:
+            return
         candidates = [
             r for r in s.replicas if monitor.state(r) == UP and _role(monitor, r) == "slave"
         ]

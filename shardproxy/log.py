@@ -8,10 +8,14 @@ import sys
 LEVELS = ("debug", "info", "warning", "error")
 
 
-def setup(level: str = "info") -> None:
-    """Log to stderr, one line per event, with the time and the component."""
+def setup(level: str = "info", tag: str = "") -> None:
+    """Log to stderr, one line per event, with the time and the component (and ``tag``, the
+    worker's number, in worker processes)."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    prefix = f"[{tag}] " if tag else ""
+    handler.setFormatter(
+        logging.Formatter(f"%(asctime)s %(levelname)s {prefix}%(name)s: %(message)s")
+    )
     root = logging.getLogger("shardproxy")
     root.handlers[:] = [handler]
     root.setLevel(getattr(logging, level.upper(), logging.INFO))

@@ -116,8 +116,9 @@ def build_ring(config: Config) -> Ring:
 class ProxyContext:
     """Everything sessions share. Owned by :class:`Runtime`; one per worker process."""
 
-    def __init__(self, config: Config, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, config: Config, loop: asyncio.AbstractEventLoop, worker: int = 0) -> None:
         self.loop = loop
+        self.worker = worker  # index under the supervisor (0 when there is one process)
         self.config = config
         self.limits = config.limits
         self.deny = config.deny_commands
@@ -172,7 +173,8 @@ class ProxyContext:
     def _failover(self, config: Config) -> Failover:
         mode = config.failover.mode
         if mode == "promote":
-            return PromoteFailover(self.record_failover)
+            # with several workers only worker 0 acts; the others adopt what the nodes report
+            return PromoteFailover(self.record_failover, act=self.worker == 0)
         if mode == "eject":
             return EjectFailover(self.set_ejected)
         if mode == "sentinel":

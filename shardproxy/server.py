@@ -67,6 +67,7 @@ async def run_proxy(
     sockets: dict[str, socket.socket] | None = None,
     reuse_port: bool = False,
     admin_address: Address | bool | None = True,
+    worker: int = 0,
 ) -> int:
     """Serve ``config`` until ``stop`` is set, then drain and close. Returns the exit code.
 
@@ -75,7 +76,7 @@ async def run_proxy(
     listeners) or ``reuse_port``, and a private ``admin_address`` the supervisor asks;
     ``admin_address=True`` means the config's admin listener."""
     loop = asyncio.get_running_loop()
-    ctx = ProxyContext(config, loop)
+    ctx = ProxyContext(config, loop, worker=worker)
     reloader = Reloader(ctx, config_path) if config_path else None
     ctx.warm_up()
     ctx.health.start()
@@ -187,6 +188,7 @@ def serve_worker(
     sockets: dict[str, socket.socket] | None = None,
     reuse_port: bool = False,
     admin_address: Address | bool | None = True,
+    worker: int = 0,
 ) -> int:
     """One serving process: its own event loop (uvloop), signal handlers that only set events."""
 
@@ -205,6 +207,7 @@ def serve_worker(
             sockets=sockets,
             reuse_port=reuse_port,
             admin_address=admin_address,
+            worker=worker,
         )
 
     return int(_loop_runner()(main()))

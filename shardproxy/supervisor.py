@@ -85,6 +85,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
+from shardproxy import log as logsetup
 from shardproxy.admin import AdminServer, Response
 from shardproxy.config import Address, Config, ConfigError, load
 from shardproxy.metrics import BY_NAME, METRICS
@@ -119,9 +120,9 @@ _ORDER = {
 def run_supervisor(config: Config, config_path: str | None, workers: int, log_level: str) -> int:
     """Run ``workers`` worker processes until SIGTERM/SIGINT; returns the exit code.
 
-    Logging is already set up (server.serve); the workers inherit it, so ``log_level`` needs
-    nothing more here."""
-    return Supervisor(config, config_path, workers).run()
+    Logging is already set up (server.serve); each worker sets it up again with its index in
+    every line."""
+    return Supervisor(config, config_path, workers, log_level).run()
 
 
 @dataclass
@@ -143,7 +144,10 @@ class Slot:
 class Supervisor:
     """Starts, watches, restarts and stops the workers; serves the merged admin HTTP."""
 
-    def __init__(self, config: Config, config_path: str | None, workers: int) -> None:
+    def __init__(
+        self, config: Config, config_path: str | None, workers: int, log_level: str = "info"
+    ) -> None:
+        self.log_level = log_level
         #: What a worker started now serves: the startup config, replaced by each successful
         #: reload of the file (keeping the listen addresses the supervisor started with).
         self.config = config
@@ -365,12 +369,14 @@ class Supervisor:
             # this process will reuse): keep the cyclic GC from ever finalizing them.
             gc.freeze()
             asyncio.set_event_loop(None)
+            logsetup.setup(self.log_level, tag=f"worker {slot.index}")
             code = serve_worker(
                 config,
                 self.config_path,
                 sockets=dict(self.sockets),
                 reuse_port=True,
                 admin_address=Address(unix=slot.admin),
+                worker=slot.index,
             )
         except BaseException:
             log.exception("worker %d failed", slot.index)
