@@ -410,6 +410,25 @@ class ClientSession(asyncio.Protocol):
         """Write the completed replies at the head of the queue, in order, with one write."""
         self.dirty = False
         q = self.queue
+        if len(q) == 1 and not self.closing:
+            # one outstanding request (the -P 1 case): no list, no join
+            slot = q[0]
+            r = slot.reply
+            if r is None:
+                return
+            q.clear()
+            ctx = self.ctx
+            if ctx.count_commands:
+                c = slot.cmd
+                if r[0] == 45:
+                    ctx.command_counters.errors[c] += 1
+                ctx.command_counters.latency.observe(c, clock() - slot.t0)
+            ctx.stats.bytes_out += len(r)
+            if self.transport is not None:
+                self.transport.write(r)
+            if self.reading_paused:
+                self._maybe_resume_reading()
+            return
         if q and q[0].reply is not None:
             ctx = self.ctx
             out: list[bytes] = []
@@ -427,10 +446,10 @@ class ClientSession(asyncio.Protocol):
                 run_n = 0
                 while q and q[0].reply is not None:
                     slot = q.popleft()
-                    r: bytes = slot.reply  # type: ignore[assignment]
-                    out.append(r)
+                    reply: bytes = slot.reply  # type: ignore[assignment]
+                    out.append(reply)
                     c = slot.cmd
-                    if r[0] == 45:  # '-': an error reply
+                    if reply[0] == 45:  # '-': an error reply
                         errs[c] += 1
                     if c == run_c and slot.t0 == run_t0:
                         run_n += 1
