@@ -349,6 +349,26 @@ class ReplyScanner:
         pos = self._pos
         remaining = self._remaining
         find = buf.find
+        if not remaining:
+            # Fast path: top-level bulk strings and one-line replies, the usual traffic.
+            while start < n:
+                t = buf[start]
+                nl = find(CRLF, start)
+                if nl < 0:
+                    break
+                if t == 36:  # '$'
+                    head = buf[start + 1 : nl]
+                    if not head.isdigit():
+                        break  # $-1 or garbage: the general scan decides
+                    end = nl + 4 + int(head)
+                    if end > n:
+                        break
+                elif t == 43 or t == 58 or t == 45:  # '+' ':' '-'
+                    end = nl + 2
+                else:
+                    break
+                out.append(buf[start:end])
+                start = end
         while True:
             if remaining == 0:
                 if start >= n:
