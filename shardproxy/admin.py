@@ -34,7 +34,8 @@ _REASONS = {200: "OK", 404: "Not Found", 405: "Method Not Allowed", 400: "Bad Re
             500: "Internal Server Error", 503: "Service Unavailable"}  # fmt: skip
 
 
-def _json(status: int, body: object) -> Response:
+def json_response(status: int, body: object) -> Response:
+    """A JSON answer (also used by the supervisor's admin)."""
     return status, "application/json", (json.dumps(body, indent=2) + "\n").encode()
 
 
@@ -71,23 +72,25 @@ class AdminServer:
         if path == "/readyz" and method == "GET":
             missing = [s.name for s in self.ctx.router.shards if not s.primary.usable]
             if missing:
-                return _json(503, {"ready": False, "reason": "shards without a reachable primary",
+                return json_response(503, {"ready": False, "reason": "shards without a reachable primary",
                                    "shards": missing})  # fmt: skip
             if self.ctx.draining:
-                return _json(503, {"ready": False, "reason": "draining"})
-            return _json(200, {"ready": True})
+                return json_response(503, {"ready": False, "reason": "draining"})
+            return json_response(200, {"ready": True})
         if path == "/topology" and method == "GET":
-            return _json(200, self.ctx.topology_json())
+            return json_response(200, self.ctx.topology_json())
         if path == "/reload":
             if method != "POST":
-                return _json(405, {"error": "use POST"})
+                return json_response(405, {"error": "use POST"})
             if self.reload is None:
-                return _json(500, {"result": "failure", "errors": ["reload is not available"]})
+                return json_response(
+                    500, {"result": "failure", "errors": ["reload is not available"]}
+                )
             result = await self.reload()
-            return _json(200 if result.get("result") == "success" else 400, result)
+            return json_response(200 if result.get("result") == "success" else 400, result)
         if path in ("/metrics", "/healthz", "/readyz", "/topology"):
-            return _json(405, {"error": "use GET"})
-        return _json(404, {"error": f"no such endpoint {path}",
+            return json_response(405, {"error": "use GET"})
+        return json_response(404, {"error": f"no such endpoint {path}",
                            "endpoints": ["/metrics", "/healthz", "/readyz", "/topology", "/reload"]})  # fmt: skip
 
     # -- HTTP ----------------------------------------------------------------------------------
@@ -103,7 +106,7 @@ class AdminServer:
             lines = head.decode("latin-1").split("\r\n")
             parts = lines[0].split()
             if len(parts) != 3:
-                status, ctype, body = _json(400, {"error": "bad request line"})
+                status, ctype, body = json_response(400, {"error": "bad request line"})
             else:
                 method, path = parts[0].upper(), parts[1]
                 length = 0
@@ -117,7 +120,7 @@ class AdminServer:
                     status, ctype, body = await self.route(method, path)
                 except Exception as exc:  # an endpoint bug must not kill the listener
                     log.exception("admin endpoint %s failed", path)
-                    status, ctype, body = _json(500, {"error": str(exc)})
+                    status, ctype, body = json_response(500, {"error": str(exc)})
             reason = _REASONS.get(status, "OK")
             writer.write(
                 f"HTTP/1.1 {status} {reason}\r\nContent-Type: {ctype}\r\n"

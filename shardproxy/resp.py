@@ -42,7 +42,36 @@ _DOLLAR = 36  # '$'
 MAX_MULTIBULK = 1024 * 1024
 
 
-class RequestParser:
+class _Buffered:
+    """Input buffering shared by the request parser and the reply scanner: while a frame of
+    known size is incomplete (``_need`` bytes), chunks are only collected, then joined once."""
+
+    __slots__ = ("_buf", "_chunks", "_have", "_need")
+
+    def __init__(self) -> None:
+        self._buf = b""  # unparsed bytes (the start of an incomplete frame)
+        self._chunks: list[bytes] = []  # data held back while a known-size frame is incomplete
+        self._have = 0  # bytes in _buf + _chunks
+        self._need = 0  # do not parse before _have reaches this
+
+    def _take(self, data: bytes) -> bytes | None:
+        """``data`` appended to what is buffered; None while the frame cannot be complete."""
+        if self._need:
+            self._chunks.append(data)
+            self._have += len(data)
+            if self._have < self._need:
+                return None
+            self._chunks.insert(0, self._buf)
+            buf = b"".join(self._chunks)
+            self._chunks.clear()
+            self._need = 0
+            return buf
+        if self._buf:
+            return self._buf + data
+        return data
+
+
+class RequestParser(_Buffered):
     """Incremental parser of client requests.
 
     ``feed(data)`` returns the complete requests found so far as ``(argv, frame)`` tuples.
@@ -50,14 +79,11 @@ class RequestParser:
     (``Protocol error: <error>`` is what the client sees) and the parser refuses further input.
     """
 
-    __slots__ = ("_buf", "_chunks", "_have", "_need", "_reader", "error", "max_bulk", "max_inline")
+    __slots__ = ("_reader", "error", "max_bulk", "max_inline")
 
     def __init__(self, max_bulk: int = 512 * 1024 * 1024, max_inline: int = 64 * 1024) -> None:
+        super().__init__()
         self._reader: Any = new_reader()  # hiredis, for the fast path (None without hiredis)
-        self._buf = b""  # unparsed bytes (start of a partial request)
-        self._chunks: list[bytes] = []  # data held back while a known-size frame is incomplete
-        self._have = 0  # bytes in _buf + _chunks
-        self._need = 0  # do not try to parse before _have reaches this
         self.error: str | None = None
         self.max_bulk = max_bulk
         self.max_inline = max_inline
@@ -74,19 +100,9 @@ class RequestParser:
             fast = self._fast(data)
             if fast is not None:
                 return fast
-        if self._need:
-            self._chunks.append(data)
-            self._have += len(data)
-            if self._have < self._need:
-                return []
-            self._chunks.insert(0, self._buf)
-            buf = b"".join(self._chunks)
-            self._chunks.clear()
-            self._need = 0
-        elif self._buf:
-            buf = self._buf + data
-        else:
-            buf = data
+        buf = self._take(data)
+        if buf is None:
+            return []
         out: list[tuple[list[bytes], bytes]] = []
         pos = self._parse(buf, out)
         self._buf = buf[pos:] if pos < len(buf) else b""
@@ -311,7 +327,7 @@ class ReplyError(ValueError):
     """A backend sent bytes that are not a RESP reply."""
 
 
-class ReplyScanner:
+class ReplyScanner(_Buffered):
     """Splits a backend byte stream into raw reply frames without decoding them.
 
     ``feed(data)`` returns the list of complete replies (bytes, exactly as received). State
@@ -319,30 +335,17 @@ class ReplyScanner:
     on bytes that cannot be RESP; the connection must then be dropped.
     """
 
-    __slots__ = ("_buf", "_chunks", "_have", "_need", "_pos", "_remaining")
+    __slots__ = ("_pos", "_remaining")
 
     def __init__(self) -> None:
-        self._buf = b""  # starts at the first byte of the incomplete reply
-        self._chunks: list[bytes] = []
-        self._have = 0
-        self._need = 0  # bytes needed in total before scanning again (large bulk strings)
+        super().__init__()  # _buf starts at the first byte of the incomplete reply
         self._pos = 0  # scan position inside _buf for the incomplete reply
         self._remaining = 0  # values still to scan for the incomplete reply (0: none started)
 
     def feed(self, data: bytes) -> list[bytes]:
-        if self._need:
-            self._chunks.append(data)
-            self._have += len(data)
-            if self._have < self._need:
-                return []
-            self._chunks.insert(0, self._buf)
-            buf = b"".join(self._chunks)
-            self._chunks.clear()
-            self._need = 0
-        elif self._buf:
-            buf = self._buf + data
-        else:
-            buf = data
+        buf = self._take(data)
+        if buf is None:
+            return []
         out: list[bytes] = []
         n = len(buf)
         start = 0  # start of the current reply
