@@ -61,6 +61,7 @@ shardproxy is running on 127.0.0.1:6380 in front of 3 shards (primary + replica 
 
   redis-cli -p 6380                              talk to it like one Redis
   $VENV/bin/shardproxy locate -c config/shardproxy.yaml mykey    where a key lives
+  curl -s 127.0.0.1:9121/metrics                 Prometheus metrics (/readyz, /topology too)
   tail -f .demo/shardproxy.log                   the proxy's log
   deploy/demo.sh stop                            stop the demo
 MSG
