@@ -263,9 +263,32 @@ def _build(row: Sequence[Any], parent: str | None) -> CommandSpec:
     )
 
 
-COMMANDS: Final[dict[bytes, CommandSpec]] = {
-    row[0].encode(): _build(row, None) for row in commands_data.COMMANDS
-}
+# Subcommands newer than the generated table that client libraries send on connect (Redis 7.2:
+# redis-py 8, go-redis and node-redis send CLIENT SETINFO). Rows in commands_data's shape; the
+# proxy answers them itself (POLICY: local). The drift test leaves exactly these out.
+# fmt: off
+HANDSHAKE_EXTRAS: Final[tuple[tuple[Any, ...], ...]] = (
+    ("client|setinfo", 4, ("noscript", "loading", "stale"), 0, 0, 0, ("@slow", "@connection"), (), (),
+     "connection", "Set client or connection specific info", "7.2.0", "O(1)", (), "", "", ()),
+    ("client|no-touch", 3, ("noscript", "loading", "stale"), 0, 0, 0, ("@slow", "@connection"), (), (),
+     "connection", "Controls whether commands sent by the client affect the LRU/LFU of accessed keys",
+     "7.2.0", "O(1)", (), "", "", ()),
+)
+# fmt: on
+
+
+def _with_extras(commands: dict[bytes, CommandSpec]) -> dict[bytes, CommandSpec]:
+    for row in HANDSHAKE_EXTRAS:
+        parent, _, sub = row[0].partition("|")
+        subs = commands[parent.encode()].subcommands
+        if subs is not None and sub.encode() not in subs:
+            subs[sub.encode()] = _build(row, parent)
+    return commands
+
+
+COMMANDS: Final[dict[bytes, CommandSpec]] = _with_extras(
+    {row[0].encode(): _build(row, None) for row in commands_data.COMMANDS}
+)
 """Top-level commands keyed by lower-case name (bytes)."""
 
 REDIS_VERSION: Final[str] = commands_data.REDIS_VERSION

@@ -335,3 +335,16 @@ def test_redis_benchmark_through_proxy(proxy: Proxy, clean: Fleet) -> None:
     assert {"SET", "GET", "INCR", "LPUSH", "RPUSH", "LPOP", "RPOP", "SADD", "HSET", "SPOP", "ZADD",
             "ZPOPMIN", "LRANGE_100", "MSET"} <= names, out.stdout  # fmt: skip
     assert "error" not in (out.stdout + out.stderr).lower()
+
+
+def test_client_handshake_subcommands_raw(proxy: Proxy) -> None:
+    out = raw(
+        proxy.port,
+        b"CLIENT SETINFO LIB-NAME mylib\r\nCLIENT SETINFO lib-ver 1.2\r\nCLIENT SETINFO bad x\r\n"
+        b"CLIENT NO-TOUCH on\r\nCLIENT SETNAME app\r\nCLIENT INFO\r\nCLIENT REPLY OFF\r\n",
+    )
+    lines = out.split(b"\r\n")
+    assert lines[:4] == [b"+OK", b"+OK", b"-ERR Unrecognized option 'bad'", b"+OK"]
+    assert lines[4] == b"+OK"
+    assert b"name=app" in out and b"lib-name=mylib lib-ver=1.2" in out
+    assert out.endswith(b"-ERR command 'client reply' is not supported by shardproxy\r\n")
