@@ -160,10 +160,17 @@ def own_fleet(own_fleet: Fleet) -> Fleet:
     return own_fleet
 
 
-def wait_replicated(fleet: Fleet) -> None:
+def wait_replicated(fleet: Fleet, timeout: float = 10.0) -> None:
+    """Every replica has everything its primary has. (WAIT would not do: it only waits for
+    the writes of the connection that calls it, and the writes came through the proxy.)"""
+    deadline = time.monotonic() + timeout
     for s in fleet.shards:
         with s.primary.client() as c:
-            assert c.execute_command("WAIT", len(s.replicas), 5000) == len(s.replicas)
+            target = int(c.info("replication")["master_repl_offset"])
+        for r in s.replicas:
+            while int(replication(r).get("slave_repl_offset", -1)) < target:
+                assert time.monotonic() < deadline, f"replica {r.address} did not catch up"
+                time.sleep(0.02)
 
 
 def missing_on(srv: RedisServer, keys: list[str]) -> list[str]:
