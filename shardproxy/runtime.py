@@ -168,7 +168,22 @@ class ProxyContext:
             replicas = [self._node(name, "replica", a, settings) for a in listed if a != first]
             shards.append(ShardNodes(name, primary, replicas))
         self.shards = shards
-        return Router(ring, shards, config.read_policy)
+        return self._live_router(config, ring)
+
+    def _live_router(self, config: Config, full: Ring | None = None) -> Router[Node]:
+        """A router over ``self.shards`` without the ejected ones (all of them if every shard
+        is ejected: errors naming the shards beat an empty ring)."""
+        live = [s for s in config.shards if s.name not in self.ejected] or list(config.shards)
+        ring = full if full is not None and len(live) == len(config.shards) else None
+        if ring is None:
+            ring = Ring.build(
+                [(s.name, s.weight) for s in live],
+                function=config.hash.function,
+                distribution=config.hash.distribution,
+                tag=config.hash.tag,
+            )
+        by_name = {s.name: s for s in self.shards}
+        return Router(ring, [by_name[n] for n in ring.names], config.read_policy)
 
     def _failover(self, config: Config) -> Failover:
         mode = config.failover.mode
@@ -193,17 +208,9 @@ class ProxyContext:
             self.ejected.add(shard)
         else:
             self.ejected.discard(shard)
-        live = [s for s in self.config.shards if s.name not in self.ejected] or list(
-            self.config.shards
-        )
-        ring = Ring.build(
-            [(s.name, s.weight) for s in live],
-            function=self.config.hash.function,
-            distribution=self.config.hash.distribution,
-            tag=self.config.hash.tag,
-        )
-        by_name = {s.name: s for s in self.shards}
-        self.router = Router(ring, [by_name[n] for n in ring.names], self.config.read_policy)
+        router = self._live_router(self.config)
+        router.set_migration(self.router.migration)  # a reload's key migration goes on
+        self.router = router
         self.record_failover(shard, "ejected" if ejected else "restored")
 
     def _node(
@@ -445,12 +452,9 @@ class ProxyContext:
         self.table = command_table(self.deny)
         self.read_your_writes = new.read_your_writes_ms / 1000
         self.health.settings = health_settings(new)
+        self.ejected &= {s.name for s in new.shards}
         router = self._build_router(new)
-        if self.ejected:
-            self.ejected &= {s.name for s in new.shards}
         self.router = router  # the swap: every request from now on uses the new topology
-        if self.ejected:
-            self.set_ejected(next(iter(self.ejected)), True)
         used = {n.address for s in self.shards for n in s.nodes()}
         removed = [n for a, n in old_nodes.items() if a not in used]
         for node in removed:
