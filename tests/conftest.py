@@ -7,7 +7,9 @@ ends, whatever the test did.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -18,6 +20,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -25,6 +28,13 @@ import yaml
 
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 REPO = Path(__file__).resolve().parent.parent
+
+
+def metric_key(name: str, **labels: str) -> str:
+    """A Prometheus sample's key with its labels sorted by name: ``name{a="1",b="2"}``."""
+    if not labels:
+        return name
+    return name + "{" + ",".join(f'{k}="{v}"' for k, v in sorted(labels.items())) + "}"
 
 
 def free_port() -> int:
@@ -249,6 +259,24 @@ class Proxy:
         except urllib.error.HTTPError as e:
             with e:
                 return e.code, e.read().decode()
+
+    def scrape(self) -> dict[str, float]:
+        """/metrics as {sample key: value}; keys as :func:`metric_key` writes them."""
+        status, body = self.http("/metrics")
+        assert status == 200, body
+        values: dict[str, float] = {}
+        for line in body.splitlines():
+            if line and not line.startswith("#"):
+                sample, _, value = line.rpartition(" ")
+                name, _, labels = sample.partition("{")
+                pairs = dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', labels))
+                values[metric_key(name, **pairs)] = float(value)
+        return values
+
+    def topology_json(self) -> dict[str, Any]:
+        status, body = self.http("/topology")
+        assert status == 200, body
+        return json.loads(body)  # type: ignore[no-any-return]
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")

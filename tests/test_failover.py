@@ -8,9 +8,7 @@ every acknowledged write and every error with timestamps, so the checks afterwar
 from __future__ import annotations
 
 import hashlib
-import json
 import random
-import re
 import signal
 import threading
 import time
@@ -58,9 +56,7 @@ def client(p: Proxy, timeout: float = 5.0) -> redis.Redis:
 
 
 def topology(p: Proxy) -> dict[str, Any]:
-    status, body = p.http("/topology")
-    assert status == 200, body
-    return json.loads(body)  # type: ignore[no-any-return]
+    return p.topology_json()
 
 
 def shard_view(p: Proxy, name: str) -> dict[str, Any]:
@@ -72,17 +68,7 @@ def shard_view(p: Proxy, name: str) -> dict[str, Any]:
 
 def scrape(p: Proxy) -> dict[str, float]:
     """/metrics as {'name{label="v",...}': value} with labels sorted by name."""
-    status, body = p.http("/metrics")
-    assert status == 200
-    values: dict[str, float] = {}
-    for line in body.splitlines():
-        if line and not line.startswith("#"):
-            sample, _, value = line.rpartition(" ")
-            name, _, labels = sample.partition("{")
-            pairs = sorted(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', labels))
-            key = name + ("{" + ",".join(f'{k}="{v}"' for k, v in pairs) + "}" if pairs else "")
-            values[key] = float(value)
-    return values
+    return p.scrape()
 
 
 def node_requests(p: Proxy, shard: str, node: RedisServer, role: str) -> float:

@@ -10,28 +10,14 @@ import pytest
 import redis
 
 from shardproxy import metrics
-from tests.conftest import Fleet, Proxy, free_port
+from tests.conftest import Fleet, Proxy, free_port, metric_key
 from tests.test_proxy import raw
 
-
-def K(name: str, **labels: str) -> str:
-    """A sample's key as scrape() writes it: labels sorted by name."""
-    if not labels:
-        return name
-    return name + "{" + ",".join(f'{k}="{v}"' for k, v in sorted(labels.items())) + "}"
+K = metric_key
 
 
 def scrape(p: Proxy) -> dict[str, float]:
-    status, body = p.http("/metrics")
-    assert status == 200
-    values: dict[str, float] = {}
-    for line in body.splitlines():
-        if line and not line.startswith("#"):
-            sample, _, value = line.rpartition(" ")
-            name, _, labels = sample.partition("{")
-            pairs = dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', labels))
-            values[K(name, **pairs)] = float(value)
-    return values
+    return p.scrape()
 
 
 @pytest.fixture

@@ -30,11 +30,7 @@ def wait_for(cond, timeout: float = 10.0, what: str = "condition") -> None:  # t
 
 
 def scrape_value(p: Proxy, sample: str) -> float:
-    _, body = p.http("/metrics")
-    for line in body.splitlines():
-        if line.startswith(sample + " "):
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
+    return p.scrape().get(sample, 0.0)
 
 
 class Load:
