@@ -13,8 +13,10 @@ else is derived from them:
 
 A field is a YAML key when its metadata has ``kind`` (a leaf value), ``section`` (a nested
 mapping, built as that dataclass) or ``sections`` (a list of such mappings). A field without a
-default is required. Rules that span several keys (shard names unique, a node in one place only,
-...) are in :func:`_cross_checks`.
+default is required. The generic machinery (value kinds, the walk, the derived views) is in
+:mod:`shardproxy.schema`; this module holds shardproxy's own keys, the value kinds only it
+needs (addresses, hash tags, lag limits) and the rules that span several keys
+(:func:`_cross_checks`: shard names unique, a node in one place only, ...).
 
 Nothing here does I/O except :func:`load`, and nothing imports asyncio.
 """
@@ -23,7 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +33,30 @@ import yaml
 
 from shardproxy.hashing import HASH_FUNCTIONS
 from shardproxy.ring import DISTRIBUTIONS as RING_DISTRIBUTIONS
+from shardproxy.schema import (
+    BOOL,
+    NAME,
+    NON_NEGATIVE_INT,
+    OPTIONAL_STRING,
+    POSITIVE_INT,
+    SIZE,
+    _bad,
+    _build,
+    _choice,
+    _Invalid,
+    _key,
+    _Kind,
+    _list,
+    _name,
+    _show,
+    _show_list,
+    _show_size,
+    _show_string,
+    _size,
+    _string,
+)
+from shardproxy.schema import changed_settings as _changed_settings
+from shardproxy.schema import reference_markdown as _reference_markdown
 
 # --- value names the file accepts -------------------------------------------------------------
 
@@ -102,87 +128,7 @@ class Address:
         return f"{self.host}:{self.port}"
 
 
-# --- value kinds: what a leaf accepts, how it is described, how it is converted ------------------
-
-
-class _Invalid(Exception):
-    """A value is wrong. ``problems`` are (path suffix such as ``[2]`` or "", message) pairs."""
-
-    def __init__(self, *problems: tuple[str, str]) -> None:
-        super().__init__(problems)
-        self.problems = problems
-
-
-def _bad(message: str) -> _Invalid:
-    return _Invalid(("", message))
-
-
-def _show(value: object) -> str:
-    """A value for messages, spelt as in YAML where it matters."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return repr(value)
-
-
-@dataclass(frozen=True)
-class _Kind:
-    """A kind of leaf value: ``type`` is the reference's "type" column, ``convert`` turns the YAML
-    value into the field's value or raises :class:`_Invalid`; ``display`` renders a field value
-    back in YAML form (defaults in the reference, ``changed_settings``)."""
-
-    type: str
-    convert: Callable[[object], Any]
-    display: Callable[[Any], str] = str
-    choices: tuple[str, ...] = ()
-
-
-def _int_value(value: object, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        need = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
-        raise _bad(f"must be {need} (got {_show(value)})")
-    return value
-
-
-_SIZE_UNITS = {"": 1, "b": 1, "kb": 1024, "mb": 1024**2, "gb": 1024**3}
-_SIZE_RE = re.compile(r"^\s*(\d+)\s*([kmg]?b?)\s*$", re.IGNORECASE)
-
-
-def _size(value: object) -> int:
-    if isinstance(value, str):
-        match = _SIZE_RE.match(value)
-        unit = match.group(2).lower() if match else ""
-        if match and unit in _SIZE_UNITS and int(match.group(1)) > 0:
-            return int(match.group(1)) * _SIZE_UNITS[unit]
-        raise _bad(f"must be a positive size such as 65536, 64kb or 512mb (got {_show(value)})")
-    return _int_value(value, 1)
-
-
-def _show_size(value: int) -> str:
-    for unit in ("gb", "mb", "kb"):
-        if value % _SIZE_UNITS[unit] == 0:
-            return f"{value // _SIZE_UNITS[unit]}{unit}"
-    return str(value)
-
-
-def _string(value: object) -> str:
-    if isinstance(value, str):
-        return value
-    if isinstance(value, dict) and not value:
-        raise _bad('must be a string; quote it, e.g. "{}"')
-    raise _bad(f"must be a string; quote it if it looks like a number (got {_show(value)})")
-
-
-def _optional_string(value: object) -> str | None:
-    return None if value is None else _string(value)
-
-
-def _name(value: object) -> str:
-    text = _string(value)
-    if not text or any(c.isspace() or not c.isprintable() for c in text):
-        raise _bad(f"must be a non-empty name without spaces (got {_show(value)})")
-    return text
+# --- value kinds of shardproxy's own (the generic ones are in schema.py) -------------------------
 
 
 def _tag(value: object) -> str:
@@ -192,16 +138,6 @@ def _tag(value: object) -> str:
             f'must be "" (no hash tags) or exactly two ASCII characters such as "{{}}" (got {text!r})'
         )
     return text
-
-
-def _choice(noun: str, choices: tuple[str, ...]) -> _Kind:
-    def convert(value: object) -> str:
-        text = _string(value)
-        if text not in choices:
-            raise _bad(f"unknown {noun} {text!r} (one of {', '.join(choices)})")
-        return text
-
-    return _Kind("one of " + ", ".join(f"`{c}`" for c in choices), convert, choices=choices)
 
 
 def _address(value: object, *, listener: bool) -> Address:
@@ -217,22 +153,6 @@ def _address(value: object, *, listener: bool) -> Address:
 
 def _node(value: object) -> Address:
     return _address(value, listener=False)
-
-
-def _list(value: object, item: Callable[[object], Any], what: str) -> tuple[Any, ...]:
-    """A YAML list converted item by item; every bad item is reported with its index."""
-    if not isinstance(value, list):
-        raise _bad(f"must be a list of {what} (got {_show(value)})")
-    items: list[Any] = []
-    problems: list[tuple[str, str]] = []
-    for i, element in enumerate(value):
-        try:
-            items.append(item(element))
-        except _Invalid as exc:
-            problems.extend((f"[{i}]{sub}", message) for sub, message in exc.problems)
-    if problems:
-        raise _Invalid(*problems)
-    return tuple(items)
 
 
 def _listeners(value: object) -> tuple[Address, ...]:
@@ -261,19 +181,6 @@ def _show_addresses(value: tuple[Address, ...]) -> str:
     return str(value[0]) if len(value) == 1 else "[" + ", ".join(map(str, value)) + "]"
 
 
-def _show_list(value: tuple[Any, ...] | frozenset[Any]) -> str:
-    return "[" + ", ".join(sorted(map(str, value))) + "]"
-
-
-def _show_string(value: str | None) -> str:
-    return "null" if value is None else f'"{value}"'
-
-
-POSITIVE_INT = _Kind("positive integer", lambda v: _int_value(v, 1))
-NON_NEGATIVE_INT = _Kind("integer >= 0", lambda v: _int_value(v, 0))
-SIZE = _Kind("size in bytes (65536, 64kb, 512mb)", _size, _show_size)
-NAME = _Kind("name", _name)
-OPTIONAL_STRING = _Kind("string or null", _optional_string, _show_string)
 TAG = _Kind('"" or two characters', _tag, _show_string)
 HASH_FUNCTION = _choice("hash function", HASH_FUNCTION_NAMES)
 DISTRIBUTION = _choice("distribution", DISTRIBUTIONS)
@@ -283,15 +190,6 @@ NODES = _Kind("list of addresses", lambda v: _list(v, _node, "addresses"), _show
 LISTENERS = _Kind("address or list of addresses", _listeners, _show_addresses)
 ADMIN = _Kind('address or "off"', _admin, lambda v: "off" if v is None else str(v))
 COMMAND_NAMES = _Kind("list of command names", _command_names, _show_list)
-
-
-def _bool(value: object) -> bool:
-    if not isinstance(value, bool):
-        raise _bad(f"must be true or false (got {_show(value)})")
-    return value
-
-
-BOOL = _Kind("boolean", _bool, lambda v: "true" if v else "false")
 
 
 @dataclass(frozen=True)
@@ -326,11 +224,6 @@ def _lag(value: object) -> LagLimit:
 LAG = _Kind("bytes (1mb) or time (2s)", _lag, str)
 FAILOVER_MODES = ("none", "promote", "sentinel", "eject")
 FAILOVER_MODE = _choice("failover mode", FAILOVER_MODES)
-
-
-def _key(kind: _Kind, meaning: str, *, secret: bool = False) -> dict[str, object]:
-    """Metadata of a leaf key. ``secret`` values are never printed."""
-    return {"kind": kind, "meaning": meaning, "secret": secret}
 
 
 # --- the schema: one dataclass per section ------------------------------------------------------
@@ -644,59 +537,7 @@ class Config:
         raise KeyError(name)
 
 
-# --- walking the schema -------------------------------------------------------------------------
-
-
-def _yaml_keys(cls: type) -> Iterator[dataclasses.Field[Any]]:
-    """The fields of a section dataclass that are YAML keys, in declaration order."""
-    for f in dataclasses.fields(cls):
-        if f.metadata:
-            yield f
-
-
-def _required(f: dataclasses.Field[Any]) -> bool:
-    return f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-
-
-def _build(cls: type, data: object, path: str, problems: list[str]) -> Any:
-    """Build section ``cls`` from YAML ``data`` at ``path`` ("" or "name." / "name[i]."),
-    appending problems. Returns None when the section has problems."""
-    if data is None:
-        data = {}
-    if not isinstance(data, Mapping):
-        problems.append(f"{path.rstrip('.') or '(top level)'}: must be a mapping of keys")
-        return None
-    before = len(problems)
-    keys = {f.name: f for f in _yaml_keys(cls)}
-    for key in data:
-        if key not in keys:
-            problems.append(f"{path}{key}: unknown key")
-    values: dict[str, Any] = {}
-    for name, f in keys.items():
-        here = path + name
-        if name not in data:
-            if _required(f):
-                problems.append(f"{here}: required key is missing")
-            continue
-        value = data[name]
-        if "section" in f.metadata:
-            values[name] = _build(f.metadata["section"], value, here + ".", problems)
-        elif "sections" in f.metadata:
-            if not isinstance(value, list):
-                problems.append(f"{here}: must be a list (got {_show(value)})")
-                continue
-            values[name] = tuple(
-                _build(f.metadata["sections"], item, f"{here}[{i}].", problems)
-                for i, item in enumerate(value)
-            )
-        else:
-            try:
-                values[name] = f.metadata["kind"].convert(value)
-            except _Invalid as exc:
-                problems.extend(f"{here}{sub}: {message}" for sub, message in exc.problems)
-    if len(problems) > before:
-        return None
-    return cls(**values)
+# --- parsing and loading ------------------------------------------------------------------------
 
 
 def _cross_checks(data: Mapping[Any, Any], problems: list[str]) -> None:
@@ -830,53 +671,12 @@ def load(path: str) -> Config:
 # --- derived views ------------------------------------------------------------------------------
 
 
-def _leaves(cls: type, prefix: str = "") -> Iterator[tuple[str, dataclasses.Field[Any]]]:
-    """(key path, field) of every leaf key, sections expanded (list items as ``name[].key``)."""
-    for f in _yaml_keys(cls):
-        if "section" in f.metadata:
-            yield from _leaves(f.metadata["section"], f"{prefix}{f.name}.")
-        elif "sections" in f.metadata:
-            yield from _leaves(f.metadata["sections"], f"{prefix}{f.name}[].")
-        else:
-            yield prefix + f.name, f
-
-
-def _display(f: dataclasses.Field[Any], value: Any) -> str:
-    kind: _Kind = f.metadata["kind"]
-    if f.metadata["secret"] and value is not None:
-        return "(hidden)"
-    return kind.display(value)
-
-
 def reference_markdown() -> str:
     """The README's topology reference: one row per key with its type, default and meaning."""
-    rows = ["| key | type | default | meaning |", "| --- | --- | --- | --- |"]
-    for path, f in _leaves(Config):
-        kind: _Kind = f.metadata["kind"]
-        if _required(f):
-            default = "required"
-        else:
-            value = f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
-            default = f"`{_display(f, value)}`"
-        rows.append(f"| `{path}` | {kind.type} | {default} | {f.metadata['meaning']} |")
-    return "\n".join(rows)
+    return _reference_markdown(Config)
 
 
 def changed_settings(old: Config, new: Config) -> list[tuple[str, str, str]]:
     """(key path, old, new) for every setting outside ``shards`` that differs, values shown in
     YAML form. Secrets show as ``(hidden)`` but are still compared."""
-    changes = []
-    for path, f in _leaves(Config):
-        if "[]" in path:
-            continue
-        old_value, new_value = _lookup(old, path), _lookup(new, path)
-        if old_value != new_value:
-            changes.append((path, _display(f, old_value), _display(f, new_value)))
-    return changes
-
-
-def _lookup(config: Config, path: str) -> Any:
-    value: Any = config
-    for part in path.split("."):
-        value = getattr(value, part)
-    return value
+    return _changed_settings(Config, old, new)
