@@ -184,3 +184,49 @@ def test_redis_cli_inline_and_telnet_style(proxy: Proxy) -> None:
         text=True, timeout=10, check=True,
     ).stdout  # fmt: skip
     assert out.split("\n")[:2] == ["OK", "a b"]
+
+
+def test_backpressure_bounds_what_a_client_can_queue(own_fleet: Fleet, make_proxy: object) -> None:
+    """A client pipelining into a stuck shard, or not reading its replies, is paused: the proxy
+    holds at most limits.max_pending_per_client of its requests plus what one read brought in
+    (uvloop reads up to 256 KiB at a time); the rest waits in the kernel's socket buffers."""
+    limit = 100
+    topo = own_fleet.topology(
+        admin=f"127.0.0.1:{free_port()}",
+        limits={"max_pending_per_client": limit},
+        timeouts={"command_ms": 5000},
+    )
+    p: Proxy = make_proxy(topo)  # type: ignore[operator]
+    victim = own_fleet.shards[0]
+    with p.client(protocol=2) as c:
+        key = next(
+            f"b{i}"
+            for i in range(1000)
+            if (c.set(f"b{i}", "v") and own_fleet.owner(f"b{i}") is victim)
+        )
+    frame = f"*2\r\n$3\r\nGET\r\n${len(key)}\r\n{key}\r\n".encode()
+    sock = socket.create_connection(("127.0.0.1", p.port))
+    try:
+        victim.primary.signal(signal.SIGSTOP)
+        sock.setblocking(False)
+        sent = 0
+        deadline = time.monotonic() + 2
+        while time.monotonic() < deadline:  # push as much as the proxy will take
+            try:
+                sent += sock.send(frame * 1000)
+            except BlockingIOError:
+                time.sleep(0.01)
+        requests_sent = sent // len(frame)
+        pending = p.scrape()[
+            "shardproxy_backend_pending_requests{"
+            + f'node="{victim.primary.address}",role="primary",shard="{victim.name}"'
+            + "}"
+        ]
+        print(
+            f"client pushed {requests_sent} requests; the proxy holds {pending:.0f} (limit {limit})"
+        )
+        assert requests_sent > 10 * limit  # the kernel buffers took a lot...
+        assert pending <= limit + 256 * 1024 // len(frame)  # ...the proxy only about the limit
+    finally:
+        victim.primary.signal(signal.SIGCONT)
+        sock.close()
