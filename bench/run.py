@@ -72,8 +72,9 @@ from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import Any, TypeAlias
+from typing import Any
 
+import redis
 import yaml
 
 REPO = Path(__file__).resolve().parent.parent
@@ -392,74 +393,20 @@ class BenchError(Exception):
     """The fleet could not be set up; the message says what and where the log is."""
 
 
-# --- a minimal RESP client (setup and checks only; the load is redis-benchmark's) -------------
+# --- setup and checks use redis-py (the load itself is redis-benchmark's) ---------------------
 
 
-class RespError(Exception):
-    """An error reply."""
+def connect(port: int, timeout: float = 30.0) -> redis.Redis:
+    """A RESP2 client for setup and checks. driver_info=None: no CLIENT SETINFO on connect,
+    which nutcracker answers by closing the connection."""
+    return redis.Redis(
+        host="127.0.0.1", port=port, protocol=2, socket_timeout=timeout, driver_info=None
+    )
 
 
-Reply: TypeAlias = "bytes | int | RespError | list[Reply] | None"
-
-
-class Resp:
-    """One blocking connection: send commands (pipelined), read replies in order."""
-
-    def __init__(self, port: int, timeout: float = 30.0) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
-        self.reader = self.sock.makefile("rb")
-
-    def __enter__(self) -> Resp:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.reader.close()
-        self.sock.close()
-
-    def send(self, *commands: Sequence[bytes | str]) -> None:
-        out = []
-        for argv in commands:
-            out.append(b"*%d\r\n" % len(argv))
-            for arg in argv:
-                data = arg.encode() if isinstance(arg, str) else arg
-                out.append(b"$%d\r\n%s\r\n" % (len(data), data))
-        self.sock.sendall(b"".join(out))
-
-    def read(self) -> Reply:
-        line = self.reader.readline()
-        if not line.endswith(b"\r\n"):
-            raise ConnectionError("connection closed")
-        kind, rest = line[:1], line[1:-2]
-        if kind == b"+":
-            return rest
-        if kind == b"-":
-            return RespError(rest.decode(errors="replace"))
-        if kind == b":":
-            return int(rest)
-        if kind == b"$":
-            size = int(rest)
-            return None if size < 0 else self.reader.read(size + 2)[:-2]
-        if kind == b"*":
-            size = int(rest)
-            return None if size < 0 else [self.read() for _ in range(size)]
-        raise ConnectionError(f"unexpected reply line {line!r}")
-
-    def call(self, *argv: bytes | str) -> Reply:
-        self.send(argv)
-        return self.read()
-
-
-def info(port: int, section: str) -> dict[str, str]:
-    with Resp(port) as conn:
-        reply = conn.call("INFO", section)
-    if not isinstance(reply, bytes):
-        raise BenchError(f"INFO {section} on {port}: {reply!r}")
-    fields = {}
-    for line in reply.decode().splitlines():
-        name, sep, value = line.partition(":")
-        if sep:
-            fields[name] = value
-    return fields
+def info(port: int, section: str) -> dict[str, Any]:
+    with connect(port) as conn:
+        return conn.info(section)
 
 
 # --- the fleet --------------------------------------------------------------------------------
@@ -632,11 +579,11 @@ def wait_replication(primaries: list[Node], replicas: list[Node], timeout: float
     for replica in replicas:
         primary = next(p for p in primaries if p.shard == replica.shard)
         while True:
-            offset = int(info(primary.port, "replication").get("master_repl_offset", "0"))
+            offset = int(info(primary.port, "replication").get("master_repl_offset", 0))
             state = info(replica.port, "replication")
             if (
                 state.get("master_link_status") == "up"
-                and int(state.get("slave_repl_offset", "-1")) >= offset
+                and int(state.get("slave_repl_offset", -1)) >= offset
             ):
                 break
             if time.monotonic() > deadline:
@@ -647,18 +594,13 @@ def wait_replication(primaries: list[Node], replicas: list[Node], timeout: float
 def populate(port: int, keys: Sequence[bytes], chunk: int = 1000) -> None:
     """MSET ``keys`` (64-byte values) on one server, pipelined."""
     value = b"x" * VALUE_SIZE
-    with Resp(port, timeout=120.0) as conn:
-        batches = 0
+    with connect(port, timeout=120.0) as conn:
+        pipe = conn.pipeline(transaction=False)
         for start in range(0, len(keys), chunk):
-            argv: list[bytes | str] = ["MSET"]
-            for key in keys[start : start + chunk]:
-                argv += [key, value]
-            conn.send(argv)
-            batches += 1
-        for _ in range(batches):
-            reply = conn.read()
-            if reply != b"OK":
-                raise BenchError(f"MSET on port {port}: {reply!r}")
+            pipe.mset({key: value for key in keys[start : start + chunk]})
+        replies = pipe.execute(raise_on_error=False)
+    if any(reply is not True for reply in replies):
+        raise BenchError(f"MSET on port {port}: {[r for r in replies if r is not True][:1]!r}")
 
 
 def populate_fleet(fleet: Fleet) -> None:
@@ -680,9 +622,9 @@ def check_target(name: str, port: int) -> None:
     """GET and a 10-key MGET through ``port`` return the stored values (placement agrees)."""
     value = b"x" * VALUE_SIZE
     keys = [key_name(i * 9973 % KEYSPACE) for i in range(MGET_KEYS)]
-    with Resp(port, timeout=10.0) as conn:
-        got = conn.call("GET", keys[0])
-        many = conn.call("MGET", *keys)
+    with connect(port, timeout=10.0) as conn:
+        got = conn.get(keys[0])
+        many = conn.mget(keys)
     if got != value or many != [value] * MGET_KEYS:
         raise BenchError(f"{name} on port {port}: GET gave {got!r}, MGET gave {many!r}")
 
