@@ -327,20 +327,15 @@ class ClientSession(asyncio.Protocol):
 
         A read sent to a replica is wrapped in :class:`ReplicaRetry`: retried once on the
         primary if the replica fails before answering."""
-        s, node = self.pick(shard, write)
         slot = Slot(self, self._cmd, self._now)
         self.queue.append(slot)
-        if node is None:
-            slot.reply = self._no_replica(shard)
-        elif node is s.primary:
-            self._send(s, node, frame, slot, keys)
-        else:
-            self._send(s, node, frame, ReplicaRetry(slot, frame, s.primary, self), keys)
+        self.send_leg(shard, write, frame, slot, keys)
 
     def send_leg(
         self, shard: int, write: bool, frame: bytes, slot: object, keys: Sequence[bytes] = ()
     ) -> None:
-        """Send ``frame`` to ``shard``; ``slot`` (any reply slot) completes with the reply."""
+        """Send ``frame`` to ``shard``; ``slot`` (any reply slot) completes with the reply.
+        A read sent to a replica is wrapped in :class:`ReplicaRetry`."""
         s, node = self.pick(shard, write)
         if node is None:
             slot.complete(self._no_replica(shard))  # type: ignore[attr-defined]
