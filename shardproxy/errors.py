@@ -1,4 +1,4 @@
-"""Exception types and every RESP error reply the proxy itself produces, in one table.
+"""Every RESP error reply the proxy itself produces, in one table.
 
 Each entry of :data:`REPLIES` is a template; :func:`reply` fills it and returns the wire bytes
 (``-CODE message\\r\\n``). The README's error reference is generated from the same table, so a
@@ -118,11 +118,3 @@ def reference_markdown() -> str:
     for template, when in REPLIES.values():
         rows.append(f"| `-{template}` | {when} |")
     return "\n".join(rows)
-
-
-class ProxyError(Exception):
-    """Base class of the package's exceptions."""
-
-
-class ProtocolError(ProxyError):
-    """The client sent bytes that are not RESP; the message is the detail shown to it."""
