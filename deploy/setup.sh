@@ -48,3 +48,12 @@ if [ ! -f "$stamp" ] || [ "$ROOT/pyproject.toml" -nt "$stamp" ]; then
   "$VENV/bin/python" -m pip install -q -e "$ROOT[test]"
   touch "$stamp"
 fi
+# The per-request modules are compiled in place (setup.py, mypyc). A source edited since the
+# last build would be shadowed by its stale compiled module, so rebuild when any is newer.
+if [ "${SHARDPROXY_COMPILE:-1}" != "0" ]; then
+  lib="$(ls "$ROOT"/shardproxy_native__mypyc.*.so 2>/dev/null | head -n 1 || true)"
+  if [ -z "$lib" ] || [ -n "$(find "$ROOT/shardproxy" "$ROOT/setup.py" -name '*.py' -newer "$lib" | head -n 1)" ]; then
+    echo "compiling the per-request modules (mypyc, about 30 s)" >&2
+    "$VENV/bin/python" -m pip install -q --no-deps -e "$ROOT"
+  fi
+fi

@@ -104,9 +104,11 @@ POLICY_TABLE: Final[tuple[tuple[str, str, str | None], ...]] = (
 # fmt: on
 
 
-def _policy_from_table() -> dict[str, tuple[str, str | None]]:
+def _policy_from_table(
+    table: tuple[tuple[str, str, str | None], ...] = POLICY_TABLE,
+) -> dict[str, tuple[str, str | None]]:
     policy: dict[str, tuple[str, str | None]] = {}
-    for names, kind, merge in POLICY_TABLE:
+    for names, kind, merge in table:
         if kind not in KINDS or (merge is not None and merge not in MERGES):
             raise ValueError(f"POLICY_TABLE: bad kind/merge {kind!r}/{merge!r} for {names!r}")
         if (merge is None) == (kind in (KIND_SPLIT, KIND_ALL)):

@@ -24,10 +24,11 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Sequence
-from typing import Protocol, cast
+from typing import Any, Protocol, cast
 
 from shardproxy import errors, resp
 from shardproxy.commands import CommandSpec
+from shardproxy.session import Slot
 
 Merge = Callable[["Gather"], bytes]
 
@@ -54,23 +55,22 @@ class LegSender(Protocol):
     def group_by_shard(self, keys: Sequence[bytes]) -> dict[int, list[int]]: ...
 
 
-class Gather:
+class Gather(Slot):
     """The client's slot for a fan-out request: complete when every leg has answered."""
 
-    __slots__ = ("cmd", "data", "left", "merge", "proto", "reply", "results", "session", "t0")
+    __slots__ = ("data", "left", "merge", "proto", "results")
 
     def __init__(
-        self, session: object, legs: int, merge: Merge, proto: int, data: object = None
+        self, session: Any, legs: int, merge: Merge, proto: int, data: object = None
     ) -> None:
-        self.session = session  # the client (None once it has gone)
-        self.reply: bytes | None = None
+        # the client (None once it has gone); command index and read time are set by the
+        # session (add_slot)
+        super().__init__(session, 0, 0.0)
         self.results: list[bytes] = [b""] * legs  # raw reply of each leg, by leg index
         self.left = legs  # legs still outstanding
         self.merge = merge
         self.proto = proto  # the client's protocol when the request was made
         self.data = data  # what the merge needs besides the replies (e.g. key positions)
-        self.cmd = 0  # command table index and read time, for metrics (set by the session)
-        self.t0 = 0.0
 
     def leg_done(self, index: int, reply: bytes) -> object | None:
         self.results[index] = reply
@@ -106,7 +106,8 @@ class Leg:
     def complete(self, reply: bytes) -> object | None:
         return self.parent.leg_done(self.index, reply)
 
-    fail = complete
+    def fail(self, reply: bytes) -> object | None:
+        return self.parent.leg_done(self.index, reply)
 
 
 # -- merge rules ---------------------------------------------------------------------------

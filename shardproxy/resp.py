@@ -24,6 +24,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from mypy_extensions import i64
+
 
 def new_reader() -> Any:
     """A hiredis reader for the request fast path; None (Python parser only) without hiredis."""
@@ -35,6 +37,31 @@ def new_reader() -> Any:
 
 
 CRLF = b"\r\n"
+
+
+def _header_at(data: bytes, pos: i64, mark: i64, value: i64) -> bool:
+    """Whether ``data[pos:]`` starts with the canonical header ``<mark><value>\\r\\n``."""
+    end = pos + 1 + _digits(value)  # where the CR is
+    if end + 1 >= len(data) or data[pos] != mark or data[end] != 13 or data[end + 1] != 10:
+        return False
+    q = end - 1
+    while q > pos:
+        if data[q] != 48 + value % 10:
+            return False
+        value //= 10
+        q -= 1
+    return True
+
+
+def _digits(n: i64) -> i64:
+    """Decimal digits of ``n >= 0``: the length of its canonical RESP length line."""
+    d: i64 = 1
+    while n >= 10:
+        n //= 10
+        d += 1
+    return d
+
+
 _STAR = 42  # '*'
 _DOLLAR = 36  # '$'
 
@@ -111,37 +138,36 @@ class RequestParser(_Buffered):
 
     def _fast(self, data: bytes) -> list[tuple[list[bytes], bytes]] | None:
         """hiredis parses ``data`` (C speed); each request's frame is cut out by its canonical
-        length. Canonical encoding is the shortest, so when the lengths add up to exactly
-        ``len(data)`` every request was canonical and complete, and the frames are exact.
-        Anything else (a partial request at the end, non-canonical lengths, nested or
-        non-bulk elements, oversized arguments, garbage) returns None: the Python parser then
-        handles ``data`` from scratch."""
+        length, and the bytes are checked to be that canonical encoding: every ``*N`` and
+        ``$N`` header where the lengths say it is, and the CRLF after each argument. When the
+        frames then add up to exactly ``len(data)``, every request was canonical and complete
+        and the frames are exact. Anything else (a partial request at the end, non-canonical
+        lengths, nested or non-bulk elements, oversized arguments, garbage) returns None: the
+        Python parser then handles ``data`` from scratch."""
         reader = self._reader
         out: list[tuple[list[bytes], bytes]] = []
-        pos = 0
-        max_bulk = self.max_bulk
+        pos: i64 = 0
+        max_bulk: i64 = self.max_bulk
         try:
             reader.feed(data)
             gets = reader.gets
             while True:
-                argv = gets()
-                if argv is False:
+                got = gets()
+                if got is False:
                     break
-                if argv.__class__ is not list:
+                if not isinstance(got, list):
                     raise ValueError
-                n = len(argv)
-                size = pos + (4 if n < 10 else 5 if n < 100 else 3 + len(str(n)))
+                argv: list[bytes] = got  # (compiled, each element is checked to be bytes)
+                n: i64 = len(argv)
+                if not _header_at(data, pos, _STAR, n):
+                    raise ValueError
+                size: i64 = pos + 3 + _digits(n)
                 for a in argv:
-                    if a.__class__ is not bytes:
+                    la: i64 = len(a)
+                    if la > max_bulk or not _header_at(data, size, _DOLLAR, la):
                         raise ValueError
-                    la = len(a)
-                    if la < 10:
-                        size += la + 6
-                    elif la < 100:
-                        size += la + 7
-                    elif la <= max_bulk:
-                        size += la + 5 + len(str(la))
-                    else:
+                    size += la + 5 + _digits(la)
+                    if data[size - 2] != 13 or data[size - 1] != 10:
                         raise ValueError
                 if n:
                     out.append((argv, data[pos:size]))
@@ -356,17 +382,24 @@ class ReplyScanner(_Buffered):
             # Fast path: top-level bulk strings and one-line replies, the usual traffic.
             while start < n:
                 t = buf[start]
-                nl = find(CRLF, start)
-                if nl < 0:
-                    break
-                if t == 36:  # '$'
-                    head = buf[start + 1 : nl]
-                    if not head.isdigit():
-                        break  # $-1 or garbage: the general scan decides
-                    end = nl + 4 + int(head)
+                if t == 36:  # '$': the length's digits, CRLF, the data, CRLF
+                    p: i64 = start + 1
+                    length: i64 = 0
+                    while p < n and p - start <= 18:
+                        c = buf[p]
+                        if c < 48 or c > 57:
+                            break
+                        length = length * 10 + (c - 48)
+                        p += 1
+                    if p == start + 1 or p + 1 >= n or buf[p] != 13 or buf[p + 1] != 10:
+                        break  # $-1, a partial or very long length, garbage: the scan decides
+                    end = p + 4 + length
                     if end > n:
                         break
                 elif t == 43 or t == 58 or t == 45:  # '+' ':' '-'
+                    nl = buf.find(CRLF, start)
+                    if nl < 0:
+                        break
                     end = nl + 2
                 else:
                     break

@@ -41,9 +41,10 @@ import struct
 from bisect import bisect_left
 from collections.abc import Callable, Sequence
 from hashlib import md5
-from typing import Any, NoReturn
 
-from shardproxy.hashing import HASH_BITS, HASH_FUNCTIONS, hash_tag
+from mypy_extensions import i64
+
+from shardproxy.hashing import HASH_BITS, HASH_CODES, HASH_FUNCTIONS, hash_by_code, hash_tag
 
 __all__ = [
     "CACHE_LIMIT",
@@ -56,8 +57,13 @@ __all__ = [
 
 DISTRIBUTIONS = ("ketama", "modula")
 
+COMPILED = not __file__.endswith(".py")
+"""True when this module runs compiled (mypyc, see setup.py). Interpreted, hashing a key costs
+about 1 µs, so shard_index keeps a key -> shard cache; compiled, hashing is cheaper than the
+cache lookup (a miss in a large dict), so there is none."""
+
 CACHE_LIMIT = 131072
-"""The shard_index cache is cleared when it holds this many keys."""
+"""The shard_index cache (interpreted only) is cleared when it holds this many keys."""
 
 CACHE_MAX_KEY_LEN = 256
 """Longer keys are not cached (bounds the cache's memory; they are rare and hash slowly anyway)."""
@@ -105,49 +111,84 @@ class Ring:
     __slots__ = (
         "_cache",
         "_close",
+        "_close_byte",
+        "_distribution",
+        "_function",
         "_hash",
+        "_hcode",
+        "_names",
         "_nslots",
         "_open",
+        "_open_byte",
         "_owners",
         "_points",
         "_slots",
-        "distribution",
-        "function",
-        "names",
-        "tag",
-        "weights",
+        "_tag",
+        "_weights",
     )
 
-    names: tuple[str, ...]
-    weights: tuple[int, ...]
-    function: str
-    distribution: str
-    tag: str
-    # Hash function of the hashed part.
-    _hash: Callable[[bytes], int]
-    # Hash-tag delimiters as 1-byte strings; _open is None when tags are disabled.
-    _open: bytes | None
-    _close: bytes
-    # ketama: sorted continuum values plus a 2**32 sentinel, and the shard index of each (the
-    # sentinel repeats the first point's shard, which implements the wrap). Empty for modula.
-    _points: list[int]
-    _owners: list[int]
-    # modula: the shard index of every slot, and the slot count. Empty / 0 for ketama.
-    _slots: list[int]
-    _nslots: int
-    # shard_index cache: key -> index. The only mutable state; never shared between rings.
-    _cache: dict[bytes, int]
+    def __init__(
+        self,
+        names: tuple[str, ...],
+        weights: tuple[int, ...],
+        function: str,
+        distribution: str,
+        tag: str,
+        points: list[int],
+        owners: list[int],
+        slots: list[int],
+    ) -> None:
+        """Use :meth:`build`, which validates the shards and computes the continuum."""
+        self._names = names
+        self._weights = weights
+        self._function = function
+        self._distribution = distribution
+        self._tag = tag
+        # Hash function of the hashed part.
+        self._hash: Callable[[bytes], int] = HASH_FUNCTIONS[function]
+        self._hcode = HASH_CODES[function]
+        # Hash-tag delimiters as 1-byte strings; _open is None when tags are disabled.
+        tag_bytes = tag.encode()
+        self._open: bytes | None = tag_bytes[:1] or None
+        self._close = tag_bytes[1:]
+        self._open_byte: i64 = tag_bytes[0] if tag_bytes else -1
+        self._close_byte: i64 = tag_bytes[1] if tag_bytes else -1
+        # ketama: sorted continuum values plus a 2**32 sentinel, and the shard index of each
+        # (the sentinel repeats the first point's shard, which implements the wrap). Empty for
+        # modula.
+        self._points = points
+        self._owners = owners
+        # modula: the shard index of every slot, and the slot count. Empty / 0 for ketama.
+        self._slots = slots
+        self._nslots = len(slots)
+        # shard_index cache: key -> index. The only mutable state; never shared between rings.
+        self._cache: dict[bytes, int] = {}
 
-    def __init__(self) -> None:
-        raise TypeError("use Ring.build()")
+    # The public fields are read-only: a ring never changes once built.
+    @property
+    def names(self) -> tuple[str, ...]:
+        return self._names
 
-    def __setattr__(self, name: str, value: Any) -> NoReturn:
-        raise AttributeError(f"Ring is immutable (cannot set {name!r})")
+    @property
+    def weights(self) -> tuple[int, ...]:
+        return self._weights
+
+    @property
+    def function(self) -> str:
+        return self._function
+
+    @property
+    def distribution(self) -> str:
+        return self._distribution
+
+    @property
+    def tag(self) -> str:
+        return self._tag
 
     @classmethod
     def build(
         cls,
-        shards: Sequence[tuple[str, int]],
+        shards: Sequence[tuple[object, object]],
         *,
         function: str = "fnv1a_64",
         distribution: str = "ketama",
@@ -201,22 +242,7 @@ class Ring:
             for index in by_length:
                 slots.extend([index] * weights[index])
 
-        ring = object.__new__(cls)
-        init = object.__setattr__
-        init(ring, "names", names)
-        init(ring, "weights", weights)
-        init(ring, "function", function)
-        init(ring, "distribution", distribution)
-        init(ring, "tag", tag)
-        init(ring, "_hash", HASH_FUNCTIONS[function])
-        init(ring, "_open", tag_bytes[:1] or None)
-        init(ring, "_close", tag_bytes[1:])
-        init(ring, "_points", points)
-        init(ring, "_owners", owners)
-        init(ring, "_slots", slots)
-        init(ring, "_nslots", len(slots))
-        init(ring, "_cache", {})
-        return ring
+        return cls(names, weights, function, distribution, tag, points, owners, slots)
 
     def __repr__(self) -> str:
         return (
@@ -231,6 +257,8 @@ class Ring:
 
     def shard_index(self, key: bytes) -> int:
         """Index into ``names`` of the shard that owns ``key``."""
+        if COMPILED:
+            return self._locate(key)  # hashing compiled is faster than a cache lookup
         index = self._cache.get(key)
         if index is None:
             index = self._locate(key)
@@ -255,16 +283,22 @@ class Ring:
 
     def _locate(self, key: bytes) -> int:
         """shard_index without the cache."""
-        opener = self._open
-        if opener is not None:
-            start = key.find(opener)
-            if start >= 0:
-                end = key.find(self._close, start + 1)
-                if end > start + 1:
-                    key = key[start + 1 : end]
+        if self._open is not None:
+            key = _tagged(key, self._open_byte, self._close_byte)
+        h: i64 = hash_by_code(self._hcode, key)
         if self._nslots:
-            return self._slots[self._hash(key) % self._nslots]
-        return self._owners[bisect_left(self._points, self._hash(key))]
+            return self._slots[h % self._nslots]
+        # the first continuum point >= h (bisect_left, on native ints when compiled)
+        points = self._points
+        lo: i64 = 0
+        hi: i64 = len(points)
+        while lo < hi:
+            mid = (lo + hi) >> 1
+            if points[mid] < h:
+                lo = mid + 1
+            else:
+                hi = mid
+        return self._owners[lo]
 
     def _segments(self) -> list[tuple[int, int]]:
         """ketama: (last hash, shard index) of each run of hashes owned by one point, in order.
@@ -293,6 +327,20 @@ class Ring:
 def _overlap(previous: int, last: int, space: int) -> int:
     """How many hashes ``previous + 1 .. last`` are below ``space``."""
     return max(0, min(last, space - 1) - previous)
+
+
+def _tagged(key: bytes, open_byte: i64, close_byte: i64) -> bytes:
+    """The hash-tag part of ``key`` (as hashing.hash_tag), scanning bytes as native ints."""
+    n: i64 = len(key)
+    start: i64 = 0
+    while start < n and key[start] != open_byte:
+        start += 1
+    end: i64 = start + 1
+    while end < n and key[end] != close_byte:
+        end += 1
+    if end >= n or end == start + 1:
+        return key
+    return key[start + 1 : end]
 
 
 def moved_share(old: Ring, new: Ring) -> tuple[float, dict[str, float]]:

@@ -62,7 +62,7 @@ class Router(Generic[N]):
     ``shards[i]`` serves ``ring.names[i]``.
     """
 
-    __slots__ = ("migration", "policy", "replica_reads", "ring", "shard_index", "shards", "slow")
+    __slots__ = ("migration", "policy", "replica_reads", "ring", "shards", "slow")
 
     def __init__(self, ring: Ring, shards: Sequence[ShardNodes[N]], read_policy: str) -> None:
         if [s.name for s in shards] != list(ring.names):
@@ -73,10 +73,13 @@ class Router(Generic[N]):
         self.shards = tuple(shards)
         self.policy = read_policy
         self.replica_reads = read_policy != "primary"  # reads may go to replicas
-        self.shard_index = ring.shard_index  # key -> shard index (hot path: bound once)
         # keys moving after a reload (migration.Migration), None outside a migration window
         self.migration: Any = None
         self.slow = self.replica_reads  # the session's fast path does not apply
+
+    def shard_index(self, key: bytes) -> int:
+        """Index into ``shards`` of the shard that owns ``key``."""
+        return self.ring.shard_index(key)
 
     def set_migration(self, migration: Any) -> None:
         self.migration = migration
@@ -97,17 +100,17 @@ class Router(Generic[N]):
 
     def shard_of_keys(self, keys: Sequence[bytes]) -> int:
         """The one shard of all ``keys``, or -1 when they hash to different shards."""
-        index = self.shard_index
-        first = index(keys[0])
+        ring = self.ring
+        first = ring.shard_index(keys[0])
         for k in keys[1:]:
-            if index(k) != first:
+            if ring.shard_index(k) != first:
                 return -1
         return first
 
     def group_by_shard(self, keys: Sequence[bytes]) -> dict[int, list[int]]:
         """Positions of ``keys`` grouped by shard, in first-seen order."""
-        index = self.shard_index
+        ring = self.ring
         groups: dict[int, list[int]] = {}
         for pos, k in enumerate(keys):
-            groups.setdefault(index(k), []).append(pos)
+            groups.setdefault(ring.shard_index(k), []).append(pos)
         return groups

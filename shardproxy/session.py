@@ -44,7 +44,6 @@ from shardproxy.commands import (
 
 if TYPE_CHECKING:
     from shardproxy.backend import Node
-    from shardproxy.fanout import Gather
     from shardproxy.router import ShardNodes
     from shardproxy.runtime import ProxyContext
 
@@ -205,7 +204,7 @@ class ClientSession(asyncio.Protocol):
         proto = self.proto
         cid = self.id
         router = ctx.router  # a reload swaps ctx.router between reads, never during one
-        shard_index = router.shard_index
+        ring = router.ring
         shards = router.shards
         fast = not router.slow
         for argv, frame in requests:
@@ -220,12 +219,12 @@ class ClientSession(asyncio.Protocol):
                     if fast:
                         slot = Slot(self, spec.index, now)
                         queue.append(slot)
-                        shards[shard_index(argv[1])].primary.connection(proto, cid).send(
+                        shards[ring.shard_index(argv[1])].primary.connection(proto, cid).send(
                             frame, slot
                         )
                     else:
                         self._cmd = spec.index
-                        self.send_to_shard(shard_index(argv[1]), spec.write, frame, (argv[1],))
+                        self.send_to_shard(ring.shard_index(argv[1]), spec.write, frame, (argv[1],))
                     continue
             self._cmd = UNKNOWN if spec is None else spec.index
             try:
@@ -380,10 +379,10 @@ class ClientSession(asyncio.Protocol):
     def _no_replica(self, shard: int) -> bytes:
         return errors.reply("no_replica", shard=self.ctx.router.shards[shard].name)
 
-    def add_slot(self, slot: Slot | Gather) -> None:
+    def add_slot(self, slot: Slot) -> None:
         slot.cmd = self._cmd
         slot.t0 = self._now
-        self.queue.append(slot)  # type: ignore[arg-type]
+        self.queue.append(slot)
 
     def shard_count(self) -> int:
         return len(self.ctx.router.shards)
@@ -424,7 +423,10 @@ class ClientSession(asyncio.Protocol):
             if self.reading_paused:
                 self._maybe_resume_reading()
             return
-        if q and q[0].reply is not None:
+        # (the head is read into a local before each test: mypyc trusts mypy's narrowing of
+        # an expression like q[0].reply, which the popleft() below would make stale)
+        head = q[0] if q else None
+        if head is not None and head.reply is not None:
             ctx = self.ctx
             out: list[bytes] = []
             if ctx.count_commands:
@@ -439,12 +441,15 @@ class ClientSession(asyncio.Protocol):
                 run_c = -1
                 run_t0 = 0.0
                 run_n = 0
-                while q and q[0].reply is not None:
-                    slot = q.popleft()
-                    reply: bytes = slot.reply  # type: ignore[assignment]
-                    out.append(reply)
+                while q:
+                    slot = q[0]
+                    done: bytes | None = slot.reply
+                    if done is None:
+                        break
+                    q.popleft()
+                    out.append(done)
                     c = slot.cmd
-                    if reply[0] == 45:  # '-': an error reply
+                    if done[0] == 45:  # '-': an error reply
                         errs[c] += 1
                     if c == run_c and slot.t0 == run_t0:
                         run_n += 1
@@ -458,8 +463,13 @@ class ClientSession(asyncio.Protocol):
                 counts[run_c * nb + bisect_left(bounds, dt)] += run_n
                 sums[run_c] += dt * run_n
             else:
-                while q and q[0].reply is not None:
-                    out.append(q.popleft().reply)  # type: ignore[arg-type]
+                while q:
+                    head = q[0]
+                    ready = head.reply
+                    if ready is None:
+                        break
+                    q.popleft()
+                    out.append(ready)
             data = out[0] if len(out) == 1 else b"".join(out)
             ctx.stats.bytes_out += len(data)
             t = self.transport

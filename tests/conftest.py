@@ -37,10 +37,19 @@ def metric_key(name: str, **labels: str) -> str:
     return name + "{" + ",".join(f'{k}="{v}"' for k, v in sorted(labels.items())) + "}"
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A free loopback port, never the same one twice in a test run (the kernel may offer a
+    port again before the process it was picked for has bound it)."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 def wait_port(
@@ -224,9 +233,15 @@ class Proxy:
             stderr=subprocess.STDOUT,
             env=env,
         )
-        wait_port(self.port, proc=self.proc)
-        if self.admin_port is not None:
-            wait_port(self.admin_port, proc=self.proc)
+        try:
+            wait_port(self.port, proc=self.proc)
+            if self.admin_port is not None:
+                wait_port(self.admin_port, proc=self.proc)
+        except RuntimeError as exc:
+            self.stop()
+            raise RuntimeError(
+                f"{exc}; proxy log:\n{self.log.read_text(errors='replace')}"
+            ) from None
         return self
 
     def client(self, protocol: int = 3, **kw: object) -> redis.Redis:

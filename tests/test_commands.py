@@ -155,15 +155,11 @@ def test_handshake_extras_are_local() -> None:
         assert (spec.kind, spec.arity) == (KIND_LOCAL, arity)
 
 
-def test_policy_table_rejects_duplicates(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(
-        commands, "POLICY_TABLE", (("get", KIND_LOCAL, None), ("get", KIND_LOCAL, None))
-    )
+def test_policy_table_rejects_duplicates() -> None:
     with pytest.raises(ValueError, match="listed twice"):
-        commands._policy_from_table()
-    monkeypatch.setattr(commands, "POLICY_TABLE", (("mget", KIND_SPLIT, None),))
+        commands._policy_from_table((("get", KIND_LOCAL, None), ("get", KIND_LOCAL, None)))
     with pytest.raises(ValueError, match="merge"):
-        commands._policy_from_table()
+        commands._policy_from_table((("mget", KIND_SPLIT, None),))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from shardproxy.hashing import HASH_BITS, HASH_FUNCTIONS, hash_tag
+from shardproxy.hashing import HASH_BITS, HASH_CODES, HASH_FUNCTIONS, hash_by_code, hash_tag
 
 FUNCTIONS = (
     "one_at_a_time md5 crc16 crc32 crc32a fnv1_64 fnv1a_64 fnv1_32 fnv1a_32 hsieh murmur jenkins"
@@ -383,3 +383,12 @@ def test_hash_tag_returns_the_same_object_when_untagged() -> None:
     key = b"plain-key"
     assert hash_tag(key, b"{}") is key
     assert hash_tag(key, b"") is key
+
+
+@pytest.mark.parametrize("function", FUNCTIONS)
+def test_hash_by_code_is_the_named_function(function: str) -> None:
+    """The ring calls hash_by_code (direct calls when compiled); it must agree with the table."""
+    code = HASH_CODES[function]
+    fn = HASH_FUNCTIONS[function]
+    for key, _ in GOLDEN:
+        assert hash_by_code(code, key) == fn(key)

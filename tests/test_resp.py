@@ -877,7 +877,7 @@ def test_encoders_compose(values: Sequence[bytes | None], proto: int) -> None:
 
 
 def test_module_does_no_io() -> None:
-    src = Path(resp.__file__).read_text(encoding="utf-8")
+    src = (Path(resp.__file__).parent / "resp.py").read_text(encoding="utf-8")
     assert "import asyncio" not in src
     assert "import socket" not in src
 
@@ -894,3 +894,18 @@ def test_bytes_after_bulk_are_skipped_like_redis() -> None:
             split += p.feed(data[i : i + 1])
         assert whole == split == [(whole[0][0], data)]
         assert p.error is None
+
+
+def test_lengths_that_only_add_up_do_not_fool_the_fast_path() -> None:
+    """hiredis accepts any RESP type inside a request. A simple string is 3 bytes shorter than
+    the canonical bulk of the same value and a verbatim string 4 bytes longer, so four of one
+    and three of the other add up to the canonical total: the fast path must still see that
+    the bytes are not canonical bulks (or it would cut a frame that straddles two requests),
+    and the parser refuses the first request as Redis does."""
+    simple = b"*4\r\n" + b"+GET\r\n" * 4
+    verbatim = b"*3\r\n" + b"=7\r\ntxt:abc\r\n" * 3
+    canonical = encode_command([b"GET"] * 4) + encode_command([b"abc"] * 3)
+    assert len(simple) + len(verbatim) == len(canonical)
+    p = RequestParser()
+    assert p.feed(simple + verbatim) == []
+    assert p.error is not None

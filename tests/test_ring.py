@@ -283,4 +283,4 @@ def test_ring_is_immutable() -> None:
 )
 def test_build_rejects(shards: list[tuple[str, object]], options: dict[str, str]) -> None:
     with pytest.raises(ValueError):
-        Ring.build(shards, **options)  # type: ignore[arg-type]
+        Ring.build(shards, **options)
