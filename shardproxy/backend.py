@@ -37,17 +37,17 @@ import socket
 from collections import deque
 from dataclasses import dataclass
 from time import perf_counter as clock
-from typing import Any, Protocol, cast
+from typing import Any, Final, Protocol, cast
 
 from shardproxy import errors, resp
 from shardproxy.metrics import Histogram
 
 log = logging.getLogger("shardproxy.backend")
 
-CONNECTING = "connecting"
-READY = "ready"
-DOWN = "down"
-CLOSED = "closed"
+CONNECTING: Final = "connecting"
+READY: Final = "ready"
+DOWN: Final = "down"
+CLOSED: Final = "closed"
 
 
 class Flushable(Protocol):

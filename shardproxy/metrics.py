@@ -15,7 +15,6 @@ A leaf module: it imports nothing from the package.
 
 from __future__ import annotations
 
-from bisect import bisect_left
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -93,7 +92,7 @@ LATENCY_BUCKETS: tuple[float, ...] = (
 
 
 class Histogram:
-    """Flat bucket counts for ``series`` label sets; ``observe`` is a bisect and two adds."""
+    """Flat bucket counts for ``series`` label sets; ``observe`` finds the bucket, two adds."""
 
     __slots__ = ("bounds", "counts", "nb", "sums")
 
@@ -103,13 +102,23 @@ class Histogram:
         self.counts = [0] * (series * self.nb)  # counts[series * nb + bucket], not cumulative
         self.sums = [0.0] * series
 
+    def bucket(self, value: float) -> int:
+        """Index of the bucket ``value`` falls in (bisect_left over the bounds; a linear scan,
+        since most values fall in the first buckets and compiled it is a few compares)."""
+        i = 0
+        for bound in self.bounds:
+            if value <= bound:
+                return i
+            i += 1
+        return i
+
     def observe(self, series: int, value: float) -> None:
-        self.counts[series * self.nb + bisect_left(self.bounds, value)] += 1
+        self.counts[series * self.nb + self.bucket(value)] += 1
         self.sums[series] += value
 
     def observe_many(self, series: int, value: float, n: int) -> None:
         """``n`` observations of the same ``value``."""
-        self.counts[series * self.nb + bisect_left(self.bounds, value)] += n
+        self.counts[series * self.nb + self.bucket(value)] += n
         self.sums[series] += value * n
 
     def grow(self, series: int) -> None:
@@ -130,6 +139,31 @@ class Histogram:
         acc += self.counts[base + len(self.bounds)]
         out.append(("+Inf", float(acc)))
         return out, self.sums[series], acc
+
+
+class Stats:
+    """Plain counters bumped on the hot path and read by INFO and /metrics."""
+
+    __slots__ = (
+        "bytes_in",
+        "bytes_out",
+        "commands",
+        "connections_received",
+        "connections_rejected",
+        "failovers",
+        "migrations_done",
+        "reloads",
+    )
+
+    def __init__(self) -> None:
+        self.commands = 0  # requests parsed
+        self.connections_received = 0
+        self.connections_rejected = 0
+        self.bytes_in = 0  # from clients
+        self.bytes_out = 0  # to clients
+        self.failovers: dict[tuple[str, str], int] = {}  # (shard, result) -> count
+        self.reloads = {"success": 0, "failure": 0}
+        self.migrations_done = 0
 
 
 class CommandCounters:

@@ -22,13 +22,13 @@ Replies (backend -> proxy)
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Final
 
 from mypy_extensions import i64
 
 
 def new_reader() -> Any:
-    """A hiredis reader for the request fast path; None (Python parser only) without hiredis."""
+    """A hiredis reader (fan-out merges decode shard replies with it); None without hiredis."""
     try:
         from hiredis import Reader
     except ImportError:  # pragma: no cover - hiredis is a dependency
@@ -36,25 +36,66 @@ def new_reader() -> Any:
     return Reader()
 
 
-CRLF = b"\r\n"
+CRLF: Final = b"\r\n"
 
 
-def _header_at(data: bytes, pos: i64, mark: i64, value: i64) -> bool:
-    """Whether ``data[pos:]`` starts with the canonical header ``<mark><value>\\r\\n``."""
-    end = pos + 1 + _digits(value)  # where the CR is
-    if end + 1 >= len(data) or data[pos] != mark or data[end] != 13 or data[end + 1] != 10:
-        return False
-    q = end - 1
-    while q > pos:
-        if data[q] != 48 + value % 10:
-            return False
-        value //= 10
-        q -= 1
-    return True
+def _canonical_prefix(data: bytes, out: list[tuple[list[bytes], bytes]], max_bulk: i64) -> i64:
+    """Parse the whole requests at the start of ``data`` that are in canonical form (``*N``
+    then N ``$len`` bulks, decimal lengths without leading zeros, within the limits) into
+    ``out``; return where the first request that is partial or not canonical starts (the
+    strict parser then reads from there and reports any error exactly as Redis would).
+
+    Written for mypyc: compiled, every byte test and length is a native integer operation."""
+    n: i64 = len(data)
+    pos: i64 = 0
+    while pos < n:
+        if data[pos] != _STAR:
+            return pos
+        p = pos + 1
+        count = _length_at(data, p, n)
+        if count <= 0 or count > MAX_MULTIBULK:
+            return pos  # partial, malformed, *0, *-1, too many: the strict parser decides
+        p += _digits(count) + 2
+        argv: list[bytes] = []
+        while count:
+            if p >= n or data[p] != _DOLLAR:
+                return pos
+            size = _length_at(data, p + 1, n)
+            if size < 0 or size > max_bulk:
+                return pos
+            start = p + 3 + _digits(size)
+            p = start + size + 2
+            if p > n or data[p - 2] != 13 or data[p - 1] != 10:
+                return pos
+            argv.append(data[start : start + size])
+            count -= 1
+        out.append((argv, data[pos:p]))
+        pos = p
+    return pos
+
+
+def _length_at(data: bytes, p: i64, n: i64) -> i64:
+    """The canonical decimal length at ``data[p:]`` followed by CRLF; -1 if it is not one
+    (no digit, a leading zero, a sign, too long, or the CRLF not there yet)."""
+    first = p
+    value: i64 = 0
+    while p < n:
+        c: i64 = data[p]
+        if c < 48 or c > 57:
+            break
+        if p - first >= 15:
+            return -1
+        value = value * 10 + (c - 48)
+        p += 1
+    if p == first or p + 1 >= n or data[p] != 13 or data[p + 1] != 10:
+        return -1
+    if data[first] == 48 and p - first > 1:
+        return -1  # leading zero
+    return value
 
 
 def _digits(n: i64) -> i64:
-    """Decimal digits of ``n >= 0``: the length of its canonical RESP length line."""
+    """Decimal digits of ``n >= 0``."""
     d: i64 = 1
     while n >= 10:
         n //= 10
@@ -62,11 +103,11 @@ def _digits(n: i64) -> i64:
     return d
 
 
-_STAR = 42  # '*'
-_DOLLAR = 36  # '$'
+_STAR: Final = 42  # '*'
+_DOLLAR: Final = 36  # '$'
 
 #: A request with more arguments than this is refused (Redis allows 1024*1024 too).
-MAX_MULTIBULK = 1024 * 1024
+MAX_MULTIBULK: Final = 1024 * 1024
 
 
 class _Buffered:
@@ -106,11 +147,10 @@ class RequestParser(_Buffered):
     (``Protocol error: <error>`` is what the client sees) and the parser refuses further input.
     """
 
-    __slots__ = ("_reader", "error", "max_bulk", "max_inline")
+    __slots__ = ("error", "max_bulk", "max_inline")
 
     def __init__(self, max_bulk: int = 512 * 1024 * 1024, max_inline: int = 64 * 1024) -> None:
         super().__init__()
-        self._reader: Any = new_reader()  # hiredis, for the fast path (None without hiredis)
         self.error: str | None = None
         self.max_bulk = max_bulk
         self.max_inline = max_inline
@@ -123,60 +163,19 @@ class RequestParser(_Buffered):
     def feed(self, data: bytes) -> list[tuple[list[bytes], bytes]]:
         if self.error is not None:
             return []
-        if not self._buf and not self._need and self._reader is not None and data[:1] == b"*":
-            fast = self._fast(data)
-            if fast is not None:
-                return fast
+        out: list[tuple[list[bytes], bytes]] = []
+        if not self._buf and not self._need and data and data[0] == _STAR:
+            # the usual traffic: whole canonical requests, parsed on native ints when compiled
+            done = _canonical_prefix(data, out, self.max_bulk)
+            if done == len(data):
+                return out
+            data = data[done:]  # a partial or unusual request: the strict parser takes over
         buf = self._take(data)
         if buf is None:
-            return []
-        out: list[tuple[list[bytes], bytes]] = []
+            return out
         pos = self._parse(buf, out)
         self._buf = buf[pos:] if pos < len(buf) else b""
         self._have = len(self._buf)
-        return out
-
-    def _fast(self, data: bytes) -> list[tuple[list[bytes], bytes]] | None:
-        """hiredis parses ``data`` (C speed); each request's frame is cut out by its canonical
-        length, and the bytes are checked to be that canonical encoding: every ``*N`` and
-        ``$N`` header where the lengths say it is, and the CRLF after each argument. When the
-        frames then add up to exactly ``len(data)``, every request was canonical and complete
-        and the frames are exact. Anything else (a partial request at the end, non-canonical
-        lengths, nested or non-bulk elements, oversized arguments, garbage) returns None: the
-        Python parser then handles ``data`` from scratch."""
-        reader = self._reader
-        out: list[tuple[list[bytes], bytes]] = []
-        pos: i64 = 0
-        max_bulk: i64 = self.max_bulk
-        try:
-            reader.feed(data)
-            gets = reader.gets
-            while True:
-                got = gets()
-                if got is False:
-                    break
-                if not isinstance(got, list):
-                    raise ValueError
-                argv: list[bytes] = got  # (compiled, each element is checked to be bytes)
-                n: i64 = len(argv)
-                if not _header_at(data, pos, _STAR, n):
-                    raise ValueError
-                size: i64 = pos + 3 + _digits(n)
-                for a in argv:
-                    la: i64 = len(a)
-                    if la > max_bulk or not _header_at(data, size, _DOLLAR, la):
-                        raise ValueError
-                    size += la + 5 + _digits(la)
-                    if data[size - 2] != 13 or data[size - 1] != 10:
-                        raise ValueError
-                if n:
-                    out.append((argv, data[pos:size]))
-                pos = size
-        except Exception:
-            pos = -1
-        if pos != len(data):
-            self._reader = new_reader()  # drop whatever it holds; start clean
-            return None
         return out
 
     def _parse(self, buf: bytes, out: list[tuple[list[bytes], bytes]]) -> int:
@@ -340,13 +339,15 @@ def split_inline(line: bytes) -> list[bytes]:
 # ---------------------------------------------------------------------------------------------
 # Replies
 
-_LINE_TYPES = frozenset(b"+-:_,#(")  # simple, error, integer, null, double, boolean, big number
-_BLOB_TYPES = frozenset(b"$!=")  # bulk string, blob error, verbatim string
-_AGG_TYPES = frozenset(b"*~>")  # array, set, push
-_MAP_TYPES = frozenset(b"%|")  # map, attribute (pairs)
-_ATTRIBUTE = 124  # '|'
-PUSH = 62  # '>'
-ERROR = 45  # '-'
+_LINE_TYPES: Final = frozenset(
+    b"+-:_,#("
+)  # simple, error, integer, null, double, boolean, big number
+_BLOB_TYPES: Final = frozenset(b"$!=")  # bulk string, blob error, verbatim string
+_AGG_TYPES: Final = frozenset(b"*~>")  # array, set, push
+_MAP_TYPES: Final = frozenset(b"%|")  # map, attribute (pairs)
+_ATTRIBUTE: Final = 124  # '|'
+PUSH: Final = 62  # '>'
+ERROR: Final = 45  # '-'
 
 
 class ReplyError(ValueError):
@@ -391,12 +392,17 @@ class ReplyScanner(_Buffered):
                             break
                         length = length * 10 + (c - 48)
                         p += 1
-                    if p == start + 1 or p + 1 >= n or buf[p] != 13 or buf[p + 1] != 10:
-                        break  # $-1, a partial or very long length, garbage: the scan decides
-                    end = p + 4 + length
-                    if end > n:
-                        break
-                elif t == 43 or t == 58 or t == 45:  # '+' ':' '-'
+                    if p == start + 1 and p + 3 < n and buf[p] == 45:  # '$-1\r\n': null
+                        if buf[p + 1] != 49 or buf[p + 2] != 13 or buf[p + 3] != 10:
+                            break  # (the scan decides)
+                        end = p + 4
+                    elif p == start + 1 or p + 1 >= n or buf[p] != 13 or buf[p + 1] != 10:
+                        break  # a partial or very long length, garbage: the scan decides
+                    else:
+                        end = p + 4 + length
+                        if end > n:
+                            break
+                elif t == 43 or t == 58 or t == 45 or t == 95:  # '+' ':' '-' '_'
                     nl = buf.find(CRLF, start)
                     if nl < 0:
                         break

@@ -32,31 +32,6 @@ if TYPE_CHECKING:
     from shardproxy.session import ClientSession
 
 
-class Stats:
-    """Plain counters bumped on the hot path and read by INFO and /metrics."""
-
-    __slots__ = (
-        "bytes_in",
-        "bytes_out",
-        "commands",
-        "connections_received",
-        "connections_rejected",
-        "failovers",
-        "migrations_done",
-        "reloads",
-    )
-
-    def __init__(self) -> None:
-        self.commands = 0  # requests parsed
-        self.connections_received = 0
-        self.connections_rejected = 0
-        self.bytes_in = 0  # from clients
-        self.bytes_out = 0  # to clients
-        self.failovers: dict[tuple[str, str], int] = {}  # (shard, result) -> count
-        self.reloads = {"success": 0, "failure": 0}
-        self.migrations_done = 0
-
-
 def command_table(deny: frozenset[str]) -> dict[bytes, CommandSpec]:
     """The lookup table sessions use: the command table with denied commands marked."""
     table = {**{k.upper(): v for k, v in commands.COMMANDS.items()}, **commands.COMMANDS}
@@ -123,7 +98,7 @@ class ProxyContext:
         self.limits = config.limits
         self.deny = config.deny_commands
         self.table = command_table(self.deny)
-        self.stats = Stats()
+        self.stats = metrics.Stats()
         self.count_commands = config.metrics.commands
         self.command_counters = metrics.CommandCounters(commands.SPEC_COUNT + 1)
         # backend latency: one histogram series per (shard, role)

@@ -23,11 +23,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from bisect import bisect_left
 from collections import deque
 from collections.abc import Sequence
 from time import perf_counter as clock
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Final, cast
 
 from shardproxy import errors, resp
 from shardproxy.commands import (
@@ -49,8 +48,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("shardproxy.session")
 
-KIND_DENIED = "denied"  # a command the operator listed in deny_commands
-UNKNOWN = SPEC_COUNT  # metrics index of commands not in the table (and protocol errors)
+KIND_DENIED: Final = "denied"  # a command the operator listed in deny_commands
+UNKNOWN: Final = SPEC_COUNT  # metrics index of commands not in the table (and protocol errors)
 
 
 class Slot:
@@ -110,6 +109,7 @@ class ClientSession(asyncio.Protocol):
         "_cmd",
         "_now",
         "closing",
+        "counters",
         "ctx",
         "dirty",
         "id",
@@ -120,6 +120,7 @@ class ClientSession(asyncio.Protocol):
         "proto",
         "queue",
         "reading_paused",
+        "stats",
         "transport",
         "write_paused",
         "writes",
@@ -128,6 +129,9 @@ class ClientSession(asyncio.Protocol):
     def __init__(self, ctx: ProxyContext) -> None:
         self.ctx = ctx
         self.id = ctx.next_client_id()
+        # the process's counters (never replaced, so held here rather than looked up per read)
+        self.stats = ctx.stats
+        self.counters = ctx.command_counters if ctx.count_commands else None
         self.proto = 2  # RESP version the client speaks (HELLO switches it)
         self.name: bytes | None = None  # CLIENT SETNAME
         self.info: dict[bytes, bytes] = {}  # CLIENT SETINFO lib-name / lib-ver
@@ -195,7 +199,7 @@ class ClientSession(asyncio.Protocol):
         parser = self.parser
         requests = parser.feed(data)
         ctx = self.ctx
-        stats = ctx.stats
+        stats = self.stats
         stats.commands += len(requests)
         stats.bytes_in += len(data)
         now = self._now = clock()
@@ -411,13 +415,13 @@ class ClientSession(asyncio.Protocol):
             if r is None:
                 return
             q.clear()
-            ctx = self.ctx
-            if ctx.count_commands:
+            counters = self.counters
+            if counters is not None:
                 c = slot.cmd
                 if r[0] == 45:
-                    ctx.command_counters.errors[c] += 1
-                ctx.command_counters.latency.observe(c, clock() - slot.t0)
-            ctx.stats.bytes_out += len(r)
+                    counters.errors[c] += 1
+                counters.latency.observe(c, clock() - slot.t0)
+            self.stats.bytes_out += len(r)
             if self.transport is not None:
                 self.transport.write(r)
             if self.reading_paused:
@@ -427,16 +431,16 @@ class ClientSession(asyncio.Protocol):
         # an expression like q[0].reply, which the popleft() below would make stale)
         head = q[0] if q else None
         if head is not None and head.reply is not None:
-            ctx = self.ctx
             out: list[bytes] = []
-            if ctx.count_commands:
+            counters = self.counters
+            if counters is not None:
                 # metrics: each reply's latency by command (the histogram's count is the
                 # command count), and errors by command. Replies of one read share t0, so the
                 # bucket is found once per read, not once per reply.
                 now = clock()
-                errs = ctx.command_counters.errors
-                hist = ctx.command_counters.latency
-                counts, sums, nb, bounds = hist.counts, hist.sums, hist.nb, hist.bounds
+                errs = counters.errors
+                hist = counters.latency
+                counts, sums, nb = hist.counts, hist.sums, hist.nb
                 # runs of replies with the same command and read time are counted at once
                 run_c = -1
                 run_t0 = 0.0
@@ -456,11 +460,11 @@ class ClientSession(asyncio.Protocol):
                         continue
                     if run_n:
                         dt = now - run_t0
-                        counts[run_c * nb + bisect_left(bounds, dt)] += run_n
+                        counts[run_c * nb + hist.bucket(dt)] += run_n
                         sums[run_c] += dt * run_n
                     run_c, run_t0, run_n = c, slot.t0, 1
                 dt = now - run_t0
-                counts[run_c * nb + bisect_left(bounds, dt)] += run_n
+                counts[run_c * nb + hist.bucket(dt)] += run_n
                 sums[run_c] += dt * run_n
             else:
                 while q:
@@ -471,7 +475,7 @@ class ClientSession(asyncio.Protocol):
                     q.popleft()
                     out.append(ready)
             data = out[0] if len(out) == 1 else b"".join(out)
-            ctx.stats.bytes_out += len(data)
+            self.stats.bytes_out += len(data)
             t = self.transport
             if t is not None:
                 t.write(data)
