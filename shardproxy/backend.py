@@ -50,22 +50,49 @@ DOWN: Final = "down"
 CLOSED: Final = "closed"
 
 
-class Flushable(Protocol):
-    """A client session: told to write out whatever replies are now ready, once per batch."""
+class Flushable:
+    """A client session, as backends see it: told to write out whatever replies are now
+    ready, once per batch of replies (``dirty`` says it is already in the batch). A base
+    class rather than a protocol so that, compiled, these calls are direct."""
 
-    dirty: bool
+    __slots__ = ("dirty",)
 
-    def flush(self) -> None: ...
+    def __init__(self) -> None:
+        self.dirty = False
+
+    def flush(self) -> None:
+        raise NotImplementedError
 
 
-class ReplySlot(Protocol):
-    """Where a reply goes. ``complete`` returns the session to flush, or None."""
+class ReplySlot:
+    """Where a reply goes. ``complete`` returns the session to flush, or None. A base class
+    (not a protocol) so that, compiled, a backend completes its slots with direct calls."""
 
-    def complete(self, reply: bytes) -> Flushable | None: ...
+    __slots__ = ()
+
+    def complete(self, reply: bytes) -> Flushable | None:
+        raise NotImplementedError
 
     def fail(self, reply: bytes) -> Flushable | None:
         """Completed by the proxy with an error (no reply from the node)."""
-        ...
+        raise NotImplementedError
+
+
+class CallSlot(ReplySlot):
+    """A reply slot for the proxy's own commands (health probes aside): resolves a future."""
+
+    __slots__ = ("future",)
+
+    def __init__(self, future: asyncio.Future[bytes]) -> None:
+        self.future = future
+
+    def complete(self, reply: bytes) -> Flushable | None:
+        if not self.future.done():
+            self.future.set_result(reply)
+        return None
+
+    def fail(self, reply: bytes) -> Flushable | None:
+        return self.complete(reply)
 
 
 @dataclass(frozen=True, slots=True)

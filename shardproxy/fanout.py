@@ -27,6 +27,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Protocol, cast
 
 from shardproxy import errors, resp
+from shardproxy.backend import Flushable, ReplySlot
 from shardproxy.commands import CommandSpec
 from shardproxy.session import Slot
 
@@ -39,7 +40,7 @@ class LegSender(Protocol):
     proto: int
 
     def send_leg(
-        self, shard: int, write: bool, frame: bytes, slot: object, keys: Sequence[bytes] = ()
+        self, shard: int, write: bool, frame: bytes, slot: ReplySlot, keys: Sequence[bytes] = ()
     ) -> None: ...
 
     def send_to_shard(
@@ -72,7 +73,7 @@ class Gather(Slot):
         self.proto = proto  # the client's protocol when the request was made
         self.data = data  # what the merge needs besides the replies (e.g. key positions)
 
-    def leg_done(self, index: int, reply: bytes) -> object | None:
+    def leg_done(self, index: int, reply: bytes) -> Flushable | None:
         self.results[index] = reply
         self.left -= 1
         if self.left:
@@ -94,7 +95,7 @@ class Gather(Slot):
         return None
 
 
-class Leg:
+class Leg(ReplySlot):
     """One shard's part of a fan-out: a reply slot that answers its parent by index."""
 
     __slots__ = ("index", "parent")
@@ -103,10 +104,10 @@ class Leg:
         self.parent = parent
         self.index = index
 
-    def complete(self, reply: bytes) -> object | None:
+    def complete(self, reply: bytes) -> Flushable | None:
         return self.parent.leg_done(self.index, reply)
 
-    def fail(self, reply: bytes) -> object | None:
+    def fail(self, reply: bytes) -> Flushable | None:
         return self.parent.leg_done(self.index, reply)
 
 

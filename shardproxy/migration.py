@@ -40,6 +40,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from shardproxy import resp
+from shardproxy.backend import CallSlot
 
 if TYPE_CHECKING:
     from shardproxy.backend import Node
@@ -51,21 +52,6 @@ log = logging.getLogger("shardproxy.migration")
 DONE_LIMIT = 1_000_000
 
 Send = Callable[["Node", bytes, Any], None]
-
-
-class CallSlot:
-    """A reply slot for the proxy's own commands: resolves a future."""
-
-    __slots__ = ("future",)
-
-    def __init__(self, future: asyncio.Future[bytes]) -> None:
-        self.future = future
-
-    def complete(self, reply: bytes) -> None:
-        if not self.future.done():
-            self.future.set_result(reply)
-
-    fail = complete
 
 
 def call(node: Node, argv: Sequence[bytes]) -> Awaitable[bytes]:

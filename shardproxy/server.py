@@ -16,7 +16,7 @@ import os
 import signal
 import socket
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import Any, cast
 
 from shardproxy import log as logsetup
 from shardproxy.admin import AdminServer
@@ -37,8 +37,9 @@ async def start_listener(
 ) -> asyncio.AbstractServer:
     """Listen on ``address`` (or on an already bound ``sock`` inherited from a supervisor)."""
 
-    def factory() -> ClientSession:
-        return ClientSession(ctx)
+    def factory() -> asyncio.Protocol:
+        # a protocol by its methods (its base class is the backends' view of it, see session)
+        return cast(asyncio.Protocol, ClientSession(ctx))
 
     if sock is not None:
         if sock.family == socket.AF_UNIX:

@@ -26,9 +26,10 @@ import logging
 from collections import deque
 from collections.abc import Sequence
 from time import perf_counter as clock
-from typing import TYPE_CHECKING, Any, Final, cast
+from typing import TYPE_CHECKING, Final, cast
 
 from shardproxy import errors, resp
+from shardproxy.backend import Flushable, ReplySlot
 from shardproxy.commands import (
     KIND_ALL,
     KIND_ANY,
@@ -52,7 +53,7 @@ KIND_DENIED: Final = "denied"  # a command the operator listed in deny_commands
 UNKNOWN: Final = SPEC_COUNT  # metrics index of commands not in the table (and protocol errors)
 
 
-class Slot:
+class Slot(ReplySlot):
     """The place of one request's reply in its client's queue."""
 
     __slots__ = ("cmd", "reply", "session", "t0")
@@ -75,35 +76,44 @@ class Slot:
         return self.session
 
 
-class ReplicaRetry:
+class ReplicaRetry(ReplySlot):
     """Wraps the reply slot of a read sent to a replica: if the replica fails before answering
     (down, connection lost, timeout), the read is sent once more, to the shard's primary.
     Reads only: a write is never retried."""
 
     __slots__ = ("flushed", "frame", "inner", "primary", "session")
 
-    def __init__(self, inner: Any, frame: bytes, primary: Node, session: ClientSession) -> None:
+    def __init__(
+        self, inner: ReplySlot, frame: bytes, primary: Node, session: ClientSession
+    ) -> None:
         self.inner = inner  # the client's Slot, or a fan-out Leg
         self.frame: bytes | None = frame  # None once retried
         self.primary = primary
         self.session = session
-        self.flushed: Any = None  # what the inner slot returned when failed during the retry
+        # what the inner slot returned when failed during the retry
+        self.flushed: Flushable | None = None
 
-    def complete(self, reply: bytes) -> Any:
+    def complete(self, reply: bytes) -> Flushable | None:
         return self.inner.complete(reply)
 
-    def fail(self, reply: bytes) -> Any:
+    def fail(self, reply: bytes) -> Flushable | None:
         if self.frame is None or self.session.transport is None:
             self.flushed = self.inner.fail(reply)
             return self.flushed
         frame, self.frame = self.frame, None
         self.flushed = None
         self.primary.connection(self.session.proto, self.session.id).send(frame, self)
-        return self.flushed  # set if the primary failed it at once: flush now, not later
+        return self._flushed()  # set if the primary failed it at once: flush now, not later
+
+    def _flushed(self) -> Flushable | None:
+        # Read through a method: after ``self.flushed = None`` mypy takes the attribute to
+        # stay None across the send() above, and compiled code would trust that.
+        return self.flushed
 
 
-class ClientSession(asyncio.Protocol):
-    """The proxy side of one client connection."""
+class ClientSession(Flushable):
+    """The proxy side of one client connection (an asyncio protocol; its base makes the
+    backends' calls to it direct when compiled)."""
 
     __slots__ = (
         "_cmd",
@@ -111,7 +121,6 @@ class ClientSession(asyncio.Protocol):
         "closing",
         "counters",
         "ctx",
-        "dirty",
         "id",
         "info",
         "name",
@@ -166,6 +175,9 @@ class ClientSession(asyncio.Protocol):
             slot.session = None  # replies still in flight are read and dropped
         self.queue.clear()
         self.ctx.client_disconnected(self)
+
+    def eof_received(self) -> bool | None:
+        return None  # the client shut its side: close (what asyncio.Protocol does)
 
     def pause_writing(self) -> None:
         self.write_paused = True
@@ -335,20 +347,20 @@ class ClientSession(asyncio.Protocol):
         self.send_leg(shard, write, frame, slot, keys)
 
     def send_leg(
-        self, shard: int, write: bool, frame: bytes, slot: object, keys: Sequence[bytes] = ()
+        self, shard: int, write: bool, frame: bytes, slot: ReplySlot, keys: Sequence[bytes] = ()
     ) -> None:
         """Send ``frame`` to ``shard``; ``slot`` (any reply slot) completes with the reply.
         A read sent to a replica is wrapped in :class:`ReplicaRetry`."""
         s, node = self.pick(shard, write)
         if node is None:
-            slot.complete(self._no_replica(shard))  # type: ignore[attr-defined]
+            slot.complete(self._no_replica(shard))
         elif node is s.primary:
             self._send(s, node, frame, slot, keys)
         else:
             self._send(s, node, frame, ReplicaRetry(slot, frame, s.primary, self), keys)
 
     def _send(
-        self, s: ShardNodes[Node], node: Node, frame: bytes, slot: object, keys: Sequence[bytes]
+        self, s: ShardNodes[Node], node: Node, frame: bytes, slot: ReplySlot, keys: Sequence[bytes]
     ) -> None:
         migration = self.ctx.router.migration
         if migration is not None and keys:
@@ -357,11 +369,11 @@ class ClientSession(asyncio.Protocol):
             proto, cid = self.proto, self.id
 
             def send() -> None:
-                s.primary.connection(proto, cid).send(frame, slot)  # type: ignore[arg-type]
+                s.primary.connection(proto, cid).send(frame, slot)
 
             if migration.forward(keys, s, send):
                 return
-        node.connection(self.proto, self.id).send(frame, slot)  # type: ignore[arg-type]
+        node.connection(self.proto, self.id).send(frame, slot)
 
     def pick(self, shard: int, write: bool) -> tuple[ShardNodes[Node], Node | None]:
         """The shard and the node for a request, with read-your-writes: after this client
