@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what shardproxy's demo and tests need on Debian/Ubuntu, idempotently:
 #   - redis-server, redis-sentinel, redis-tools (redis-cli, redis-benchmark), nutcracker
+#   - gcc and the Python headers if missing (the per-request modules are compiled, see setup.py)
 #   - a virtualenv in .venv with shardproxy and its test extras
 # Sourced by demo.sh and test.sh; safe to run again.
 set -euo pipefail
@@ -13,6 +14,13 @@ command -v redis-sentinel >/dev/null 2>&1 || need+=(redis-sentinel)
 command -v redis-cli >/dev/null 2>&1 || need+=(redis-tools)
 command -v redis-benchmark >/dev/null 2>&1 || need+=(redis-tools)
 command -v nutcracker >/dev/null 2>&1 || [ -x /usr/sbin/nutcracker ] || need+=(nutcracker)
+# a C compiler and the Python headers, to compile the per-request modules (mypyc, setup.py)
+if [ "${SHARDPROXY_COMPILE:-1}" != "0" ]; then
+  command -v gcc >/dev/null 2>&1 || need+=(gcc)
+  "${PYTHON:-python3}" -c 'import os, sys, sysconfig
+sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' \
+    || need+=(python3-dev)
+fi
 # promtool and a Prometheus server for the monitoring tests (not needed by the demo)
 if [ "${SHARDPROXY_SETUP:-test}" = "test" ]; then
   command -v promtool >/dev/null 2>&1 || need+=(prometheus)

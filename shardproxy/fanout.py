@@ -115,45 +115,23 @@ class Leg(ReplySlot):
 
 
 def merge_array(g: Gather) -> bytes:
+    """MGET: each leg's values go back to the positions of its keys. The legs were answered
+    on connections of the client's protocol, so their elements are copied as they are."""
     err = g.first_error()
     if err is not None:
         return err
     positions: list[list[int]] = g.data  # type: ignore[assignment]
     total = sum(len(p) for p in positions)
     out: list[bytes] = [b""] * total
-    values = _string_arrays(g.results, g.proto)
     for leg, raw in enumerate(g.results):
-        items = values[leg] if values is not None else resp.split_aggregate(raw)
+        items = resp.split_strings(raw)
+        if items is None:
+            items = resp.split_aggregate(raw)
         if items is None or len(items) != len(positions[leg]):
             raise resp.ReplyError("a shard returned the wrong number of values")
         for pos, item in zip(positions[leg], items, strict=True):
             out[pos] = item
     return resp.array(out)
-
-
-def _string_arrays(replies: list[bytes], proto: int) -> list[list[bytes]] | None:
-    """MGET legs' arrays of strings and nulls, parsed by hiredis (C) and re-encoded as bulk
-    strings and nulls of ``proto``; None if any element is something else."""
-    reader = resp.new_reader()
-    if reader is None:
-        return None
-    null = resp.null(proto)
-    out = []
-    for raw in replies:
-        reader.feed(raw)
-        values = reader.gets()
-        if values.__class__ is not list:
-            return None
-        items = []
-        for v in values:
-            if v is None:
-                items.append(null)
-            elif v.__class__ is bytes:
-                items.append(b"$%d\r\n%s\r\n" % (len(v), v))
-            else:
-                return None
-        out.append(items)
-    return out
 
 
 def merge_ok(g: Gather) -> bytes:

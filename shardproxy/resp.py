@@ -22,19 +22,9 @@ Replies (backend -> proxy)
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any, Final
+from typing import Final
 
 from mypy_extensions import i64
-
-
-def new_reader() -> Any:
-    """A hiredis reader (fan-out merges decode shard replies with it); None without hiredis."""
-    try:
-        from hiredis import Reader
-    except ImportError:  # pragma: no cover - hiredis is a dependency
-        return None
-    return Reader()
-
 
 CRLF: Final = b"\r\n"
 
@@ -69,7 +59,8 @@ def _canonical_prefix(data: bytes, out: list[tuple[list[bytes], bytes]], max_bul
                 return pos
             argv.append(data[start : start + size])
             count -= 1
-        out.append((argv, data[pos:p]))
+        # (a slice copies, even of the whole buffer: one request per read is the -P 1 case)
+        out.append((argv, data if pos == 0 and p == n else data[pos:p]))
         pos = p
     return pos
 
@@ -409,7 +400,7 @@ class ReplyScanner(_Buffered):
                     end = nl + 2
                 else:
                     break
-                out.append(buf[start:end])
+                out.append(buf if start == 0 and end == n else buf[start:end])
                 start = end
         while True:
             if remaining == 0:
@@ -504,6 +495,43 @@ def reply_end(buf: bytes, pos: int) -> int:
             raise ReplyError(f"unexpected byte {bytes([t])!r} in reply")
         remaining -= 1
     return pos
+
+
+def split_strings(raw: bytes) -> list[bytes] | None:
+    """The raw elements of ``raw`` when it is exactly an array of bulk strings and nulls (an
+    MGET reply, in either protocol); None for anything else (then use split_aggregate). A
+    native-int scan when compiled, without decoding or re-encoding an element."""
+    n: i64 = len(raw)
+    if n < 4 or raw[0] != _STAR:
+        return None
+    count = _length_at(raw, 1, n)
+    if count < 0:
+        return None
+    pos = 3 + _digits(count)
+    items: list[bytes] = []
+    while count:
+        if pos + 2 >= n:
+            return None
+        t = raw[pos]
+        if t == 95 and raw[pos + 1] == 13:  # '_\r\n': RESP3 null
+            end = pos + 3
+        elif t != _DOLLAR:
+            return None
+        elif raw[pos + 1] == 45:  # '$-1\r\n'
+            end = pos + 5
+            if end > n or raw[pos + 2] != 49 or raw[pos + 3] != 13:
+                return None
+        else:
+            size = _length_at(raw, pos + 1, n)
+            if size < 0:
+                return None
+            end = pos + 5 + _digits(size) + size
+            if end > n or raw[end - 2] != 13:
+                return None
+        items.append(raw[pos:end])
+        pos = end
+        count -= 1
+    return items if pos == n else None
 
 
 def split_aggregate(raw: bytes) -> list[bytes] | None:

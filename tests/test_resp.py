@@ -40,6 +40,7 @@ from shardproxy.resp import (
     reply_end,
     simple,
     split_aggregate,
+    split_strings,
     verbatim,
 )
 
@@ -909,3 +910,36 @@ def test_lengths_that_only_add_up_do_not_fool_the_fast_path() -> None:
     p = RequestParser()
     assert p.feed(simple + verbatim) == []
     assert p.error is not None
+
+
+STRING_ARRAYS = [
+    array([]),
+    array([bulk(b"a"), bulk(None, 2), bulk(b""), bulk(b"x" * 300)]),
+    array([bulk(b"v1"), null(3), bulk(b"0123456789")]),
+    array([bulk(b"a\r\nb"), bulk(b"$-1\r\n")]),
+]
+
+
+@pytest.mark.parametrize("raw", STRING_ARRAYS)
+def test_split_strings_agrees_with_split_aggregate(raw: bytes) -> None:
+    items = split_strings(raw)
+    assert items is not None
+    assert items == split_aggregate(raw)
+    assert array(items) == raw
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        array([bulk(b"a"), integer(1)]),  # not all strings
+        array([array([bulk(b"a")])]),  # nested
+        b"*2\r\n$1\r\na\r\n",  # fewer elements than announced
+        array([bulk(b"a")]) + b"+extra\r\n",  # trailing bytes
+        b"*1\r\n$3\r\nab\r\n",  # a length that does not match
+        b"*-1\r\n",  # null array
+        b"%1\r\n$1\r\na\r\n$1\r\nb\r\n",  # a map
+        b"*1\r\n$01\r\na\r\n",  # non-canonical length
+    ],
+)
+def test_split_strings_refuses_anything_else(raw: bytes) -> None:
+    assert split_strings(raw) is None
