@@ -20,6 +20,7 @@ COMPILED_MODULES = (
     "commands",
     "fanout",
     "metrics",
+    "fifo",
 )
 """The per-request modules the build compiles with mypyc (setup.py); the rest stay Python."""
 

@@ -40,6 +40,7 @@ from time import perf_counter as clock
 from typing import Any, Final, Protocol, cast
 
 from shardproxy import errors, resp
+from shardproxy.fifo import Fifo
 from shardproxy.metrics import Histogram
 
 log = logging.getLogger("shardproxy.backend")
@@ -248,7 +249,7 @@ class BackendConnection(asyncio.Protocol):
         self.loop = node.loop
         self.state = CONNECTING
         self.transport: asyncio.Transport | None = None
-        self.pending: deque[ReplySlot] = deque()  # slots of requests sent or queued, in order
+        self.pending: Fifo[ReplySlot] = Fifo()  # slots of requests sent or queued, in order
         self.wbuf: list[bytes] = []  # request bytes not yet written
         # [requests, clock()] of each write not yet fully answered (latency metrics)
         self.batches: deque[list[Any]] = deque()
@@ -256,7 +257,7 @@ class BackendConnection(asyncio.Protocol):
         self._scanner = resp.ReplyScanner()
         self._handshake_left = 0  # handshake replies still expected before client replies
         self._timer: asyncio.TimerHandle | None = None  # command timeout for the oldest request
-        self.head_since = 0.0  # loop time since which pending[0] has been the oldest request
+        self.head_since = 0.0  # loop time since which pending.head() has been the oldest request
         self._backoff = node.settings.backoff_min
         self._reconnect_handle: asyncio.TimerHandle | None = None
         self.last_error = ""  # why the connection was last lost or refused ("" if never)
@@ -479,7 +480,7 @@ class BackendConnection(asyncio.Protocol):
         self.batches.clear()
         self._handshake_left = 0
         self._scanner = resp.ReplyScanner()
-        pending, self.pending = self.pending, deque()
+        pending, self.pending = self.pending, Fifo()
         err = reply or errors.reply(
             "shard_closed", shard=self.node.shard, node=self.node.address, detail="node removed"
         )

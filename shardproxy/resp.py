@@ -394,9 +394,13 @@ class ReplyScanner(_Buffered):
                         if end > n:
                             break
                 elif t == 43 or t == 58 or t == 45 or t == 95:  # '+' ':' '-' '_'
-                    nl = buf.find(CRLF, start)
-                    if nl < 0:
-                        break
+                    # a short line (+OK, :1): a native scan to its CR, then the search
+                    cr: i64 = start + 1
+                    while cr < n and cr - start < 32 and buf[cr] != 13:
+                        cr += 1
+                    nl = cr if cr < n and buf[cr] == 13 else buf.find(CRLF, start)
+                    if nl < 0 or nl + 1 >= n or buf[nl + 1] != 10:
+                        break  # (the scan decides: partial, or a lone CR in the line)
                     end = nl + 2
                 else:
                     break

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import deque
 from collections.abc import Sequence
 from time import perf_counter as clock
 from typing import TYPE_CHECKING, Final, cast
@@ -41,6 +40,7 @@ from shardproxy.commands import (
     get_keys,
     is_blocking,
 )
+from shardproxy.fifo import Fifo
 
 if TYPE_CHECKING:
     from shardproxy.backend import Node
@@ -146,7 +146,7 @@ class ClientSession(Flushable):
         self.info: dict[bytes, bytes] = {}  # CLIENT SETINFO lib-name / lib-ver
         limits = ctx.limits
         self.parser = resp.RequestParser(limits.max_request_bytes, limits.max_inline_bytes)
-        self.queue: deque[Slot] = deque()  # outstanding replies, in request order
+        self.queue: Fifo[Slot] = Fifo()  # outstanding replies, in request order
         self.transport: asyncio.Transport | None = None
         self.dirty = False  # a flush is already due (set by backends while completing)
         self.closing = False  # close once the queue is flushed; read nothing more
@@ -256,7 +256,7 @@ class ClientSession(Flushable):
             self.reply_now(errors.reply("protocol", detail=parser.error))
             self.closing = True
         if queue:
-            if queue[0].reply is not None:
+            if queue.head().reply is not None:
                 self.flush()  # replies the proxy answered itself
             if len(queue) > ctx.limits.max_pending_per_client:
                 self._pause_reading()
@@ -422,7 +422,7 @@ class ClientSession(Flushable):
         q = self.queue
         if len(q) == 1 and not self.closing:
             # one outstanding request (the -P 1 case): no list, no join
-            slot = q[0]
+            slot = q.head()
             r = slot.reply
             if r is None:
                 return
@@ -440,8 +440,8 @@ class ClientSession(Flushable):
                 self._maybe_resume_reading()
             return
         # (the head is read into a local before each test: mypyc trusts mypy's narrowing of
-        # an expression like q[0].reply, which the popleft() below would make stale)
-        head = q[0] if q else None
+        # an attribute of an expression, which the popleft() below would make stale)
+        head = q.head() if q else None
         if head is not None and head.reply is not None:
             out: list[bytes] = []
             counters = self.counters
@@ -458,7 +458,7 @@ class ClientSession(Flushable):
                 run_t0 = 0.0
                 run_n = 0
                 while q:
-                    slot = q[0]
+                    slot = q.head()
                     done: bytes | None = slot.reply
                     if done is None:
                         break
@@ -480,7 +480,7 @@ class ClientSession(Flushable):
                 sums[run_c] += dt * run_n
             else:
                 while q:
-                    head = q[0]
+                    head = q.head()
                     ready = head.reply
                     if ready is None:
                         break
