@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from shardproxy import __version__, commands, errors, resp
+from shardproxy import __version__, commands, compiled_modules, errors, resp
 from shardproxy.commands import CommandSpec
 
 if TYPE_CHECKING:
@@ -333,6 +333,8 @@ def process_info(start_time: float) -> list[tuple[str, object]]:
     return [
         ("redis_version", REDIS_COMPAT_VERSION.decode()),
         ("shardproxy_version", __version__),
+        # "compiled" when the per-request modules run as the C extension (README: Development)
+        ("shardproxy_build", "compiled" if compiled_modules() else "python"),
         ("redis_mode", "standalone"),
         ("process_id", os.getpid()),
         ("uptime_in_seconds", int(time.time() - start_time)),

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import shardproxy
 from shardproxy import COMPILED_MODULES, compiled_modules
+from tests.conftest import Proxy
 
 PKG = Path(shardproxy.__file__).parent
 PURE = os.environ.get("SHARDPROXY_PURE", "") not in ("", "0")
@@ -51,3 +52,11 @@ def test_pure_mode_loads_the_sources() -> None:
         check=True,
     ).stdout.strip()
     assert out == str(PKG / "session.py")
+
+
+def test_info_says_which_build_runs(proxy: Proxy) -> None:
+    """Operators can tell from INFO whether the proxy runs the compiled build (the proxy is a
+    subprocess with this process's environment, so it runs the same build as the tests)."""
+    with proxy.client(protocol=2) as c:
+        build = c.info("server")["shardproxy_build"]
+    assert build == ("python" if PURE or NOT_COMPILED else "compiled")
