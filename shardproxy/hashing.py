@@ -55,17 +55,16 @@ __all__ = [
     "one_at_a_time",
 ]
 
-_M32 = 0xFFFFFFFF
 
 # A byte as nutcracker's arithmetic sees it after `(uint32_t)(char)b` on a signed-char platform.
 _SIGNED: tuple[int, ...] = tuple(b | 0xFFFFFF00 if b >= 0x80 else b for b in range(256))
 
 # FNV constants. The *_64 variants only ever matter modulo 2**32 (see the module docstring):
 # low 32 bits of the 64-bit offset basis 0xcbf29ce484222325 and of the prime 0x100000001b3.
-_FNV64_BASIS_LO = 0x84222325
-_FNV64_PRIME_LO = 0x000001B3
-_FNV32_BASIS = 0x811C9DC5
-_FNV32_PRIME = 0x01000193
+_FNV64_BASIS_LO: Final = 0x84222325
+_FNV64_PRIME_LO: Final = 0x000001B3
+_FNV32_BASIS: Final = 0x811C9DC5
+_FNV32_PRIME: Final = 0x01000193
 
 
 _unpack_u32 = struct.Struct("<I").unpack_from
@@ -119,56 +118,50 @@ def _signed(c: i64) -> i64:
     return c | 0xFFFFFF00 if c >= 0x80 else c
 
 
-def fnv1a_64(key: bytes) -> int:
-    """nutcracker's fnv1a_64: 32-bit FNV-1a with the 64-bit constants truncated."""
+def _fnv1a(key: bytes, basis: i64, prime: i64) -> int:
+    """FNV-1a (xor, then multiply) over sign-extended bytes, in 32 bits."""
     n: i64 = len(key)
     if n == 0:
         return 0
-    h: i64 = _FNV64_BASIS_LO
+    h: i64 = basis
     i: i64 = 0
     while i < n:
-        h = ((h ^ _signed(key[i])) * 0x1B3) & 0xFFFFFFFF
+        h = ((h ^ _signed(key[i])) * prime) & 0xFFFFFFFF
         i += 1
     return h
+
+
+def _fnv1(key: bytes, basis: i64, prime: i64) -> int:
+    """FNV-1 (multiply, then xor) over sign-extended bytes, in 32 bits."""
+    n: i64 = len(key)
+    if n == 0:
+        return 0
+    h: i64 = basis
+    i: i64 = 0
+    while i < n:
+        h = ((h * prime) & 0xFFFFFFFF) ^ _signed(key[i])
+        i += 1
+    return h
+
+
+def fnv1a_64(key: bytes) -> int:
+    """nutcracker's fnv1a_64: 32-bit FNV-1a with the 64-bit constants truncated."""
+    return _fnv1a(key, _FNV64_BASIS_LO, _FNV64_PRIME_LO)
 
 
 def fnv1_64(key: bytes) -> int:
     """64-bit FNV-1 truncated to 32 bits (computed in 32 bits, see the module docstring)."""
-    n: i64 = len(key)
-    if n == 0:
-        return 0
-    h: i64 = _FNV64_BASIS_LO
-    i: i64 = 0
-    while i < n:
-        h = ((h * 0x1B3) & 0xFFFFFFFF) ^ _signed(key[i])
-        i += 1
-    return h
+    return _fnv1(key, _FNV64_BASIS_LO, _FNV64_PRIME_LO)
 
 
 def fnv1a_32(key: bytes) -> int:
     """32-bit FNV-1a over sign-extended bytes."""
-    n: i64 = len(key)
-    if n == 0:
-        return 0
-    h: i64 = _FNV32_BASIS
-    i: i64 = 0
-    while i < n:
-        h = ((h ^ _signed(key[i])) * 0x01000193) & 0xFFFFFFFF
-        i += 1
-    return h
+    return _fnv1a(key, _FNV32_BASIS, _FNV32_PRIME)
 
 
 def fnv1_32(key: bytes) -> int:
     """32-bit FNV-1 over sign-extended bytes."""
-    n: i64 = len(key)
-    if n == 0:
-        return 0
-    h: i64 = _FNV32_BASIS
-    i: i64 = 0
-    while i < n:
-        h = ((h * 0x01000193) & 0xFFFFFFFF) ^ _signed(key[i])
-        i += 1
-    return h
+    return _fnv1(key, _FNV32_BASIS, _FNV32_PRIME)
 
 
 def one_at_a_time(key: bytes) -> int:
@@ -219,7 +212,7 @@ def hsieh(key: bytes) -> int:
     return (h + (h >> 6)) & 0xFFFFFFFF
 
 
-_MURMUR_M = 0x5BD1E995
+_MURMUR_M: Final = 0x5BD1E995
 
 
 def murmur(key: bytes) -> int:
