@@ -94,6 +94,28 @@ def _digits(n: i64) -> i64:
     return d
 
 
+def _string_end(buf: bytes, pos: i64, n: i64) -> i64:
+    """End of the bulk string or null (``$-1``, RESP3 ``_``) that starts at ``buf[pos]``
+    (``pos < n``); -1 when there is none there: another type, an unusual length, or not all
+    of it yet."""
+    t = buf[pos]
+    if t == 95:  # '_\r\n'
+        return pos + 3 if pos + 2 < n and buf[pos + 1] == 13 and buf[pos + 2] == 10 else -1
+    if t != _DOLLAR or pos + 1 >= n:
+        return -1
+    if buf[pos + 1] == 45:  # '$-1\r\n'
+        if pos + 4 < n and buf[pos + 2] == 49 and buf[pos + 3] == 13 and buf[pos + 4] == 10:
+            return pos + 5
+        return -1
+    size = _length_at(buf, pos + 1, n)
+    if size < 0:
+        return -1
+    end = pos + 5 + _digits(size) + size
+    if end > n or buf[end - 2] != 13 or buf[end - 1] != 10:
+        return -1
+    return end
+
+
 _STAR: Final = 42  # '*'
 _DOLLAR: Final = 36  # '$'
 
@@ -330,9 +352,8 @@ def split_inline(line: bytes) -> list[bytes]:
 # ---------------------------------------------------------------------------------------------
 # Replies
 
-_LINE_TYPES: Final = frozenset(
-    b"+-:_,#("
-)  # simple, error, integer, null, double, boolean, big number
+# simple, error, integer, null, double, boolean, big number
+_LINE_TYPES: Final = frozenset(b"+-:_,#(")
 _BLOB_TYPES: Final = frozenset(b"$!=")  # bulk string, blob error, verbatim string
 _AGG_TYPES: Final = frozenset(b"*~>")  # array, set, push
 _MAP_TYPES: Final = frozenset(b"%|")  # map, attribute (pairs)
@@ -374,26 +395,11 @@ class ReplyScanner(_Buffered):
             # Fast path: top-level bulk strings and one-line replies, the usual traffic.
             while start < n:
                 t = buf[start]
-                if t == 36:  # '$': the length's digits, CRLF, the data, CRLF
-                    p: i64 = start + 1
-                    length: i64 = 0
-                    while p < n and p - start <= 18:
-                        c = buf[p]
-                        if c < 48 or c > 57:
-                            break
-                        length = length * 10 + (c - 48)
-                        p += 1
-                    if p == start + 1 and p + 3 < n and buf[p] == 45:  # '$-1\r\n': null
-                        if buf[p + 1] != 49 or buf[p + 2] != 13 or buf[p + 3] != 10:
-                            break  # (the scan decides)
-                        end = p + 4
-                    elif p == start + 1 or p + 1 >= n or buf[p] != 13 or buf[p + 1] != 10:
-                        break  # a partial or very long length, garbage: the scan decides
-                    else:
-                        end = p + 4 + length
-                        if end > n:
-                            break
-                elif t == 43 or t == 58 or t == 45 or t == 95:  # '+' ':' '-' '_'
+                if t == 36 or t == 95:  # a bulk string or a null
+                    end = _string_end(buf, start, n)
+                    if end < 0:
+                        break  # partial, or something the general scan decides on
+                elif t == 43 or t == 58 or t == 45:  # '+' ':' '-'
                     # a short line (+OK, :1): a native scan to its CR, then the search
                     cr: i64 = start + 1
                     while cr < n and cr - start < 32 and buf[cr] != 13:
@@ -514,24 +520,9 @@ def split_strings(raw: bytes) -> list[bytes] | None:
     pos = 3 + _digits(count)
     items: list[bytes] = []
     while count:
-        if pos + 2 >= n:
+        end = _string_end(raw, pos, n) if pos < n else -1
+        if end < 0:
             return None
-        t = raw[pos]
-        if t == 95 and raw[pos + 1] == 13:  # '_\r\n': RESP3 null
-            end = pos + 3
-        elif t != _DOLLAR:
-            return None
-        elif raw[pos + 1] == 45:  # '$-1\r\n'
-            end = pos + 5
-            if end > n or raw[pos + 2] != 49 or raw[pos + 3] != 13:
-                return None
-        else:
-            size = _length_at(raw, pos + 1, n)
-            if size < 0:
-                return None
-            end = pos + 5 + _digits(size) + size
-            if end > n or raw[end - 2] != 13:
-                return None
         items.append(raw[pos:end])
         pos = end
         count -= 1
