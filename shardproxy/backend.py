@@ -61,7 +61,8 @@ class Flushable:
     def __init__(self) -> None:
         self.dirty = False
 
-    def flush(self) -> None:
+    def flush(self, now: float = -1.0) -> None:
+        """``now``: clock() when the replies were read, if the caller has it (else -1)."""
         raise NotImplementedError
 
 
@@ -398,14 +399,15 @@ class BackendConnection(asyncio.Protocol):
             if s is not None and not s.dirty:
                 s.dirty = True
                 touched.append(s)
+        now = clock()  # one reading for this batch of replies, its latency metrics too
         if node.latency is not None:
-            self._observe(done)
+            self._observe(done, now)
         for s in touched:
-            s.flush()
+            s.flush(now)
 
-    def _observe(self, n: int) -> None:
-        """Latency of ``n`` answered requests: each write batch's requests share a send time."""
-        now = clock()
+    def _observe(self, n: int, now: float) -> None:
+        """Latency of ``n`` requests answered at ``now``: each write batch's requests share a
+        send time."""
         batches = self.batches
         hist = self.node.latency
         series = self.node.latency_series

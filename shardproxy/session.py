@@ -416,8 +416,9 @@ class ClientSession(Flushable):
 
     # -- replies ---------------------------------------------------------------------------
 
-    def flush(self) -> None:
-        """Write the completed replies at the head of the queue, in order, with one write."""
+    def flush(self, now: float = -1.0) -> None:
+        """Write the completed replies at the head of the queue, in order, with one write.
+        ``now``: clock() when the replies were read (latency metrics), -1 to read it here."""
         self.dirty = False
         q = self.queue
         if len(q) == 1 and not self.closing:
@@ -432,7 +433,7 @@ class ClientSession(Flushable):
                 c = slot.cmd
                 if r[0] == 45:
                     counters.errors[c] += 1
-                counters.latency.observe(c, clock() - slot.t0)
+                counters.latency.observe(c, (now if now >= 0 else clock()) - slot.t0)
             self.stats.bytes_out += len(r)
             if self.transport is not None:
                 self.transport.write(r)
@@ -449,7 +450,8 @@ class ClientSession(Flushable):
                 # metrics: each reply's latency by command (the histogram's count is the
                 # command count), and errors by command. Replies of one read share t0, so the
                 # bucket is found once per read, not once per reply.
-                now = clock()
+                if now < 0:
+                    now = clock()
                 errs = counters.errors
                 hist = counters.latency
                 counts, sums, nb = hist.counts, hist.sums, hist.nb
