@@ -605,7 +605,7 @@ def populate(port: int, keys: Sequence[bytes], chunk: int = 1000) -> None:
 
 def populate_fleet(fleet: Fleet) -> None:
     """The keyspace on each shard primary as the ring places it, and all of it on s1 (direct)."""
-    from shardproxy.ring import Ring
+    from shardproxy.routing.ring import Ring
 
     ring = Ring.build([(s, 1) for s in SHARDS], function="fnv1a_64", distribution="ketama")
     keys = [key_name(i) for i in range(KEYSPACE)]

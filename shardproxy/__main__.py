@@ -2,6 +2,6 @@
 
 import sys
 
-from shardproxy.cli import main
+from shardproxy.app.cli import main
 
 sys.exit(main())

@@ -8,7 +8,7 @@ import time
 import pytest
 import redis
 
-from shardproxy.ring import Ring
+from shardproxy.routing.ring import Ring
 from tests.conftest import Fleet, Proxy
 
 

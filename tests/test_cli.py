@@ -10,9 +10,9 @@ import sys
 import pytest
 
 import shardproxy
-from shardproxy import cli
+from shardproxy.app import cli
 from shardproxy.config import load
-from shardproxy.ring import Ring
+from shardproxy.routing.ring import Ring
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 DEMO = REPO / "config" / "shardproxy.yaml"

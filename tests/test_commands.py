@@ -8,13 +8,17 @@ from typing import Any
 
 import pytest
 
-from shardproxy import commands, commands_data
-from shardproxy.commands import (
+from shardproxy.app.gen_commands import query, temporary_redis
+from shardproxy.backend.dial import Endpoint
+from shardproxy.commands import data as commands_data
+from shardproxy.commands import table as commands
+from shardproxy.commands.table import (
     COMMANDS,
     KIND_ALL,
     KIND_ANY,
     KIND_KEYED,
     KIND_LOCAL,
+    KIND_MODE,
     KIND_SPLIT,
     KIND_UNSUPPORTED,
     KINDS,
@@ -31,7 +35,7 @@ from shardproxy.commands import (
     resolve,
     specs_by_kind,
 )
-from shardproxy.commands_gen import RespClient, RespError, temporary_redis
+from shardproxy.protocol.replies import RedisReplyError
 
 
 def spec_of(*argv: str) -> CommandSpec:
@@ -93,8 +97,8 @@ def test_local_commands() -> None:
      ["monitor"], ["cluster", "info"], ["save"], ["bgsave"], ["lastsave"], ["acl", "whoami"],
      ["slowlog", "get"], ["latency", "latest"], ["swapdb", "0", "1"], ["move", "k", "1"],
      ["migrate", "h", "1", "k", "0", "5"], ["wait", "0", "0"], ["role"], ["lolwut"],
-     ["memory", "stats"], ["memory", "doctor"], ["object", "help"], ["multi"], ["exec"],
-     ["discard"], ["watch", "k"], ["unwatch"], ["blpop", "k", "0"], ["brpop", "k", "0"],
+     ["memory", "stats"], ["memory", "doctor"], ["object", "help"],
+     ["watch", "k"], ["unwatch"], ["blpop", "k", "0"], ["brpop", "k", "0"],
      ["brpoplpush", "a", "b", "0"], ["blmove", "a", "b", "left", "left", "0"],
      ["blmpop", "0", "1", "k", "left"], ["bzpopmin", "k", "0"], ["bzpopmax", "k", "0"],
      ["bzmpop", "0", "1", "k", "min"], ["subscribe", "c"], ["psubscribe", "c*"],
@@ -107,6 +111,12 @@ def test_local_commands() -> None:
 )  # fmt: skip
 def test_refused(argv: list[str]) -> None:
     assert spec_of(*argv).kind == KIND_UNSUPPORTED
+
+
+@pytest.mark.parametrize("name", ["multi", "exec", "discard"])
+def test_mode_commands_change_the_client_mode(name: str) -> None:
+    """MULTI, EXEC and DISCARD are the session's mode table's to answer (session.modes)."""
+    assert spec_of(name).kind == KIND_MODE
 
 
 @pytest.mark.parametrize(
@@ -252,7 +262,7 @@ def test_markdown_table_lists_every_leaf_once() -> None:
     table = markdown_table()
     lines = table.splitlines()
     assert lines[0] == "| how | count | commands |"
-    assert len(lines) == 2 + 7
+    assert len(lines) == 2 + 8
     for specs in specs_by_kind().values():
         for spec in specs:
             assert table.count(f"`{spec.display_name}`") == 1, spec.name
@@ -266,12 +276,17 @@ def test_markdown_table_lists_every_leaf_once() -> None:
 
 
 @pytest.fixture(scope="module")
-def redis_client() -> Iterator[RespClient]:
+def redis_server() -> Iterator[Endpoint]:
     binary = shutil.which("redis-server")
     if binary is None:
         pytest.skip("redis-server is not installed")
-    with temporary_redis(binary) as (host, port, _proc), RespClient(host, port) as client:
-        yield client
+    with temporary_redis(binary) as (host, port, _proc):
+        yield Endpoint(host, port)
+
+
+def call(server: Endpoint, *argv: str) -> Any:
+    """One command's decoded reply (an error reply raises RedisReplyError)."""
+    return query(server, argv)[0]
 
 
 SAMPLES: list[list[str]] = [
@@ -337,10 +352,10 @@ def test_enough_samples() -> None:
 
 
 @pytest.mark.parametrize("argv", SAMPLES, ids=lambda argv: " ".join(argv)[:60])
-def test_get_keys_matches_command_getkeys(redis_client: RespClient, argv: list[str]) -> None:
+def test_get_keys_matches_command_getkeys(redis_server: Endpoint, argv: list[str]) -> None:
     try:
-        server_keys = [k.decode() for k in redis_client.call("COMMAND", "GETKEYS", *argv)]
-    except RespError:
+        server_keys = [k.decode() for k in call(redis_server, "COMMAND", "GETKEYS", *argv)]
+    except RedisReplyError:
         server_keys = []  # "Invalid arguments" / "no key arguments": no key to route by
     assert keys_of(*argv) == server_keys
 
@@ -349,14 +364,14 @@ def _flat_map(flat: list[Any]) -> dict[str, Any]:
     return {flat[i].decode(): flat[i + 1] for i in range(0, len(flat), 2)}
 
 
-def test_table_matches_live_server(redis_client: RespClient) -> None:
+def test_table_matches_live_server(redis_server: Endpoint) -> None:
     """Every command the server has is in the table with the same arity, flags and keys."""
-    listed = {name.decode() for name in redis_client.call("COMMAND", "LIST")}
+    listed = {name.decode() for name in call(redis_server, "COMMAND", "LIST")}
     extras = {row[0] for row in commands.HANDSHAKE_EXTRAS}  # newer than 7.0, declared by hand
     ours = {spec.name: spec for spec in iter_specs() if spec.name not in extras}
     assert listed == set(ours)
-    assert redis_client.call("COMMAND", "COUNT") == command_count()
-    infos = redis_client.call("COMMAND", "INFO")
+    assert call(redis_server, "COMMAND", "COUNT") == command_count()
+    infos = call(redis_server, "COMMAND", "INFO")
     checked = 0
     pending = list(infos)
     while pending:
@@ -377,8 +392,8 @@ def test_table_matches_live_server(redis_client: RespClient) -> None:
     assert checked == len(ours)
 
 
-def test_docs_match_live_server(redis_client: RespClient) -> None:
-    docs = _flat_map(redis_client.call("COMMAND", "DOCS", "get", "client"))
+def test_docs_match_live_server(redis_server: Endpoint) -> None:
+    docs = _flat_map(call(redis_server, "COMMAND", "DOCS", "get", "client"))
     get = _flat_map(docs["get"])
     assert get["summary"] == spec_of("get").summary.encode()
     assert get["since"] == b"1.0.0" and get["group"] == b"string"

@@ -22,7 +22,7 @@ from shardproxy.config import (
     load,
     parse,
 )
-from shardproxy.hashing import HASH_FUNCTIONS
+from shardproxy.routing.hashing import HASH_FUNCTIONS
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 EXAMPLES = sorted((REPO / "config").glob("*.yaml"))
@@ -480,6 +480,8 @@ def test_reference_markdown_lists_every_key() -> None:
         "backend.connections",
         "backend.username",
         "backend.password",
+        "backend.max_leases",
+        "backend.lease_idle_ms",
         "limits.max_pending_per_client",
         "limits.max_request_bytes",
         "limits.max_inline_bytes",

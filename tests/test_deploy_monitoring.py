@@ -30,7 +30,7 @@ from typing import Any
 import pytest
 import yaml
 
-from shardproxy.metrics import METRICS, MetricDef
+from shardproxy.observe.metrics import METRICS, MetricDef
 from tests.conftest import REPO, Proxy, RedisServer, free_port, wait_port
 
 DASHBOARD = REPO / "deploy" / "grafana" / "shardproxy.json"

@@ -21,7 +21,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from shardproxy.ring import Ring
+from shardproxy.routing.ring import Ring
 from tests.conftest import Fleet, Proxy, RedisServer, free_port
 
 MakeProxy = Callable[[dict[str, object]], Proxy]

@@ -1,4 +1,4 @@
-"""shardproxy.fifo against collections.deque, as a model, on random operation sequences."""
+"""shardproxy.protocol.fifo against collections.deque, as a model, on random operation sequences."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from collections import deque
 
 import pytest
 
-from shardproxy.fifo import Fifo
+from shardproxy.protocol.fifo import Fifo
 
 
 @pytest.mark.parametrize("seed", range(20))

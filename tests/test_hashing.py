@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from shardproxy.hashing import HASH_BITS, HASH_CODES, HASH_FUNCTIONS, hash_by_code, hash_tag
+from shardproxy.routing.hashing import HASH_BITS, HASH_CODES, HASH_FUNCTIONS, hash_by_code, hash_tag
 
 FUNCTIONS = (
     "one_at_a_time md5 crc16 crc32 crc32a fnv1_64 fnv1a_64 fnv1_32 fnv1a_32 hsieh murmur jenkins"
@@ -22,7 +22,7 @@ FUNCTIONS = (
 # server `hash % N`, so each pool revealed the hash modulo N, and the Chinese remainder theorem
 # over these pairwise coprime moduli (product > 2**32) recovered the full 32-bit hash. The same
 # procedure on 600 further random keys (1..400 bytes, half of them binary) agreed with
-# shardproxy.hashing everywhere; those are not recorded here.
+# shardproxy.routing.hashing everywhere; those are not recorded here.
 #
 # The empty key hashes to 0 with every function: nutcracker's pool-level hash returns 0 for a
 # zero-length key without calling the function.

@@ -10,20 +10,22 @@ import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from shardproxy import resp
-from shardproxy.health import (
+from shardproxy.control.health import (
     DOWN,
     UNKNOWN,
     UP,
     HealthMonitor,
     HealthSettings,
+    NodeHealth,
     ProbedNode,
     Replication,
     parse_replication,
 )
+from shardproxy.protocol import encode, requests
 from tests.conftest import Fleet
 
 MiB = 1024 * 1024
@@ -48,6 +50,18 @@ class FakeShard:
     replicas: tuple[FakeNode, ...] = ()
 
 
+class RecordingMonitor(HealthMonitor):
+    """The real HealthMonitor, recording every state change as (address, state, monotonic)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.changes: list[tuple[str, str, float]] = []
+
+    def _set(self, h: NodeHealth, state: str, reason: str) -> None:
+        super()._set(h, state, reason)
+        self.changes.append((h.node.address, state, time.monotonic()))
+
+
 @dataclass
 class ScriptedMonitor:
     """The real HealthMonitor, with each node's probe result set by the test (no network):
@@ -56,12 +70,11 @@ class ScriptedMonitor:
     shard: FakeShard
     settings: HealthSettings
     answers: dict[str, Replication | None] = field(default_factory=dict)
-    changes: list[tuple[str, str]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         outer = self
 
-        class Monitor(HealthMonitor):
+        class Monitor(RecordingMonitor):
             async def _probe(self, node: ProbedNode) -> None:
                 repl = outer.answers.get(node.address)
                 if repl is None:
@@ -69,11 +82,11 @@ class ScriptedMonitor:
                 else:
                     self.success(node, repl)
 
-        self.monitor = Monitor(
-            lambda: [self.shard],  # type: ignore[list-item]
-            self.settings,
-            on_change=lambda node, state: self.changes.append((node.address, state)),
-        )
+        self.monitor = Monitor(lambda: [self.shard], self.settings)  # type: ignore[list-item]
+
+    @property
+    def changes(self) -> list[tuple[str, str]]:
+        return [(address, state) for address, state, _ in self.monitor.changes]
 
     async def round(self, **answers: Replication | None) -> None:
         for role, repl in answers.items():
@@ -250,7 +263,7 @@ async def test_replica_usability_follows_its_link_lag_and_health() -> None:
 def info_replication(port: int) -> str:
     """The raw INFO replication text of a server (no client library in between)."""
     with socket.create_connection(("127.0.0.1", port), 2) as s:
-        s.sendall(resp.encode_command([b"INFO", b"replication"]))
+        s.sendall(encode.encode_command([b"INFO", b"replication"]))
         buf = b""
         while b"\r\n" not in buf:
             buf += s.recv(65536)
@@ -329,7 +342,7 @@ class FakeBackend:
         task = asyncio.current_task()
         assert task is not None
         self.handlers.add(task)
-        parser = resp.RequestParser()
+        parser = requests.RequestParser()
         drop = False
         try:
             while data := await reader.read(65536):
@@ -345,7 +358,7 @@ class FakeBackend:
                             writer.write(b"+PONG\r\n")
                     elif name == b"INFO":
                         if not drop:
-                            writer.write(resp.bulk(INFO_MASTER))
+                            writer.write(encode.bulk(INFO_MASTER))
                     else:
                         writer.write(b"-ERR unknown command\r\n")
         except ConnectionError:
@@ -369,11 +382,9 @@ async def test_monitor_against_a_backend_that_drops_probes() -> None:
     backend = FakeBackend(drop_every=3)
     port = await backend.start()
     node = FakeNode(f"127.0.0.1:{port}", port=port)
-    changes: list[tuple[str, float]] = []
-    monitor = HealthMonitor(
+    monitor = RecordingMonitor(
         lambda: [FakeShard("fake", node)],  # type: ignore[list-item]
         HealthSettings(interval=interval, timeout=timeout, failures=failures, successes=successes),
-        on_change=lambda n, state: changes.append((state, time.monotonic())),
     )
     monitor.start()
     try:
@@ -382,10 +393,10 @@ async def test_monitor_against_a_backend_that_drops_probes() -> None:
             await asyncio.sleep(0.01)
         print(
             f"\n{monitor.rounds} rounds in {time.monotonic() - t0:.2f} s: {backend.pings} probes, "
-            f"{backend.dropped} dropped; state changes {[s for s, _ in changes]}"
+            f"{backend.dropped} dropped; state changes {[s for _, s, _ in monitor.changes]}"
         )
         assert backend.dropped >= 12
-        assert [s for s, _ in changes] == [UP]
+        assert [s for _, s, _ in monitor.changes] == [UP]
         assert monitor.state(node) == UP and node.usable  # type: ignore[arg-type]
 
         backend.silent = True
@@ -393,13 +404,13 @@ async def test_monitor_against_a_backend_that_drops_probes() -> None:
         while monitor.state(node) != DOWN:  # type: ignore[arg-type]
             assert time.monotonic() - t_silent < 2, "never marked down"
             await asyncio.sleep(0.002)
-        took = changes[-1][1] - t_silent
+        took = monitor.changes[-1][2] - t_silent
         bound = failures * interval + timeout
         print(
             f"silent -> marked down after {took * 1000:.0f} ms "
             f"(failures*interval + timeout = {bound * 1000:.0f} ms)"
         )
-        assert changes[-1][0] == DOWN and not node.usable
+        assert monitor.changes[-1][1] == DOWN and not node.usable
         assert (failures - 1) * interval + timeout - 0.01 <= took <= bound + 0.03
 
         backend.silent = False
@@ -408,7 +419,7 @@ async def test_monitor_against_a_backend_that_drops_probes() -> None:
         while monitor.state(node) != UP:  # type: ignore[arg-type]
             assert time.monotonic() - t_back < 2, "never back up"
             await asyncio.sleep(0.002)
-        took = changes[-1][1] - t_back
+        took = monitor.changes[-1][2] - t_back
         print(f"answering again -> up after {took * 1000:.0f} ms")
         assert node.usable
         assert took <= successes * interval + interval + 0.03

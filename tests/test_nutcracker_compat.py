@@ -22,8 +22,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from shardproxy.hashing import HASH_FUNCTIONS
-from shardproxy.ring import Ring
+from shardproxy.routing.hashing import HASH_FUNCTIONS
+from shardproxy.routing.ring import Ring
 
 pytestmark = pytest.mark.nutcracker
 

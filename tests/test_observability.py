@@ -9,7 +9,7 @@ import time
 import pytest
 import redis
 
-from shardproxy import metrics
+from shardproxy.observe import metrics
 from tests.conftest import Fleet, Proxy, free_port, metric_key
 from tests.test_proxy import raw
 

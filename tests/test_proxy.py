@@ -13,7 +13,7 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
-from shardproxy.ring import Ring
+from shardproxy.routing.ring import Ring
 from tests.conftest import Fleet, Proxy
 
 
@@ -179,7 +179,7 @@ def test_unknown_then_ping_same_connection(proxy: Proxy) -> None:
     "command,expected",
     [
         ("CONFIG GET maxmemory", b"-ERR command 'config get' is not supported by shardproxy\r\n"),
-        ("MULTI", b"-ERR command 'multi' is not supported by shardproxy\r\n"),
+        ("WATCH k", b"-ERR command 'watch' is not supported by shardproxy\r\n"),
         ("SUBSCRIBE ch", b"-ERR command 'subscribe' is not supported by shardproxy\r\n"),
         ("EVAL x 0", b"-ERR command 'eval' is not supported by shardproxy\r\n"),
         ("BLPOP q 0", b"-ERR command 'blpop' is not supported by shardproxy\r\n"),

@@ -5,14 +5,14 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from shardproxy import docs
+from shardproxy.app import docs
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_generated_sections_are_current() -> None:
     text = (ROOT / "README.md").read_text()
-    assert docs.render(text) == text, "run: python -m shardproxy.docs README.md"
+    assert docs.render(text) == text, "run: python -m shardproxy.app.docs README.md"
     for name in docs.SECTIONS:
         assert f"<!-- generated:{name} -->" in text
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import redis
 import yaml
 
-from shardproxy.ring import Ring
+from shardproxy.routing.ring import Ring
 from tests.conftest import REPO, Fleet, Proxy, RedisServer, free_port
 
 

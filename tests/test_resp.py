@@ -19,30 +19,31 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from shardproxy import resp
-from shardproxy.resp import (
-    MAX_MULTIBULK,
+from shardproxy.protocol import encode, framing, replies, requests
+from shardproxy.protocol.encode import (
     OK,
     PONG,
-    ReplyError,
-    ReplyScanner,
-    RequestParser,
     array,
     bulk,
     encode_command,
     integer,
-    is_error,
     map_reply,
     null,
     null_array,
+    simple,
+    verbatim,
+)
+from shardproxy.protocol.replies import (
+    ReplyError,
+    ReplyScanner,
+    is_error,
     parse_bulk,
     parse_integer,
     reply_end,
-    simple,
     split_aggregate,
     split_strings,
-    verbatim,
 )
+from shardproxy.protocol.requests import MAX_MULTIBULK, RequestParser
 
 # Bounded so that the whole file runs in a few seconds; no example database on disk.
 FAST = settings(
@@ -615,7 +616,7 @@ VALUES = st.recursive(LEAVES, _extend, max_leaves=12)
 
 
 def encode_value(v: tuple[str, Any]) -> bytes:
-    """A RESP3 encoder independent of shardproxy.resp."""
+    """A RESP3 encoder independent of shardproxy.protocol."""
     kind, x = v
     t = kind.encode()
     if kind in "+-":
@@ -878,9 +879,11 @@ def test_encoders_compose(values: Sequence[bytes | None], proto: int) -> None:
 
 
 def test_module_does_no_io() -> None:
-    src = (Path(resp.__file__).parent / "resp.py").read_text(encoding="utf-8")
-    assert "import asyncio" not in src
-    assert "import socket" not in src
+    for module in (encode, framing, replies, requests):
+        source = Path(module.__file__ or "").parent / (module.__name__.rsplit(".", 1)[1] + ".py")
+        src = source.read_text(encoding="utf-8")
+        assert "import asyncio" not in src
+        assert "import socket" not in src
 
 
 def test_bytes_after_bulk_are_skipped_like_redis() -> None:

@@ -11,9 +11,9 @@ from collections import Counter
 
 import pytest
 
-from shardproxy import ring as ring_module
-from shardproxy.hashing import HASH_FUNCTIONS
-from shardproxy.ring import Ring, moved_share
+from shardproxy.routing import ring as ring_module
+from shardproxy.routing.hashing import HASH_FUNCTIONS
+from shardproxy.routing.ring import Ring, moved_share
 
 SAMPLE = 100_000
 

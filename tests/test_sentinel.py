@@ -16,17 +16,21 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+import pytest
 import redis
 import yaml
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from shardproxy import config as configmod
-from shardproxy import resp
-from shardproxy.ring import Ring
-from shardproxy.runtime import ProxyContext
-from shardproxy.sentinel import CHANNELS, SentinelFailover, parse_answer, parse_event
+from shardproxy.app import proxy as proxy_root
+from shardproxy.control import sentinel
+from shardproxy.control.health import HealthMonitor, HealthSettings
+from shardproxy.control.sentinel import CHANNELS, SentinelFailover, parse_answer, parse_event
+from shardproxy.protocol import encode, requests
+from shardproxy.routing.ring import Ring
 from tests.conftest import Fleet, Proxy, free_port, wait_port
 
 REDIS_SENTINEL = shutil.which("redis-sentinel") or "/usr/bin/redis-sentinel"
@@ -448,6 +452,8 @@ class FakeSentinel:
         self.subscribers: list[asyncio.StreamWriter] = []
         self.auths: list[bytes] = []
         self.queries = 0
+        self.pings = 0  # PINGs on subscriptions
+        self.muted: set[asyncio.StreamWriter] = set()  # subscriptions whose PINGs go unanswered
         self.handlers: set[asyncio.Task[None]] = set()  # one per open connection
 
     async def start(self, port: int = 0) -> None:
@@ -467,7 +473,9 @@ class FakeSentinel:
 
     def publish(self, channel: bytes, payload: bytes) -> None:
         for w in self.subscribers:
-            w.write(resp.array([resp.bulk(b"message"), resp.bulk(channel), resp.bulk(payload)]))
+            w.write(
+                encode.array([encode.bulk(b"message"), encode.bulk(channel), encode.bulk(payload)])
+            )
 
     def _answer(self, argv: list[bytes]) -> bytes:
         cmd = argv[0].lower()
@@ -486,11 +494,11 @@ class FakeSentinel:
                 return b"-ERR No such master with that name\r\n"
             host, port, epoch, reps = self.masters[name]
             if sub == b"get-master-addr-by-name":
-                return resp.array([resp.bulk(host.encode()), resp.bulk(str(port).encode())])
+                return encode.array([encode.bulk(host.encode()), encode.bulk(str(port).encode())])
             if sub == b"master":
                 return flat({"name": name, "ip": host, "port": port, "flags": "master",
                              "config-epoch": epoch})  # fmt: skip
-            return resp.array([flat({"ip": h, "port": pt, "flags": fl}) for h, pt, fl in reps])
+            return encode.array([flat({"ip": h, "port": pt, "flags": fl}) for h, pt, fl in reps])
         return b"-ERR unknown command\r\n"
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -498,13 +506,15 @@ class FakeSentinel:
         task = asyncio.current_task()
         assert task is not None
         self.handlers.add(task)
-        parser = resp.RequestParser()
+        parser = requests.RequestParser()
         authed = self.password is None
         try:
             while data := await reader.read(65536):
                 for argv, _ in parser.feed(data):
                     if argv[0].lower() == b"ping" and writer in self.subscribers:
-                        writer.write(resp.array([resp.bulk(b"pong"), resp.bulk(b"")]))
+                        self.pings += 1
+                        if writer not in self.muted:
+                            writer.write(encode.array([encode.bulk(b"pong"), encode.bulk(b"")]))
                         continue
                     if argv[0].lower() == b"subscribe":
                         if not authed:
@@ -512,8 +522,8 @@ class FakeSentinel:
                             continue
                         self.subscribers.append(writer)
                         for i, ch in enumerate(argv[1:], 1):
-                            writer.write(resp.array([resp.bulk(b"subscribe"), resp.bulk(ch),
-                                                     resp.integer(i)]))  # fmt: skip
+                            writer.write(encode.array([encode.bulk(b"subscribe"), encode.bulk(ch),
+                                                     encode.integer(i)]))  # fmt: skip
                         continue
                     reply = self._answer(argv)
                     if argv[0].lower() == b"auth" and reply == b"+OK\r\n":
@@ -532,7 +542,7 @@ class FakeSentinel:
 
 
 def flat(d: dict[str, object]) -> bytes:
-    return resp.array([resp.bulk(str(x).encode()) for kv in d.items() for x in kv])
+    return encode.array([encode.bulk(str(x).encode()) for kv in d.items() for x in kv])
 
 
 async def until(cond: Callable[[], bool], timeout: float = 3.0) -> float:
@@ -570,10 +580,10 @@ async def test_subscriber_follows_events_reconnects_and_authenticates() -> None:
             ],
         }
     )
-    ctx = ProxyContext(cfg, asyncio.get_running_loop())
+    ctx = proxy_root.Proxy(cfg, asyncio.get_running_loop())
     failover = ctx.health.failover
     assert isinstance(failover, SentinelFailover)
-    s1 = next(s for s in ctx.shards if s.name == "s1")
+    s1 = next(s for s in ctx.fleet.shards if s.name == "s1")
     try:
         failover.start(ctx.health)
         # the first poll: Sentinel says b is the primary (the file said a)
@@ -628,7 +638,7 @@ async def test_subscriber_follows_events_reconnects_and_authenticates() -> None:
         await until(lambda: s1.primary.port == a)
         assert ctx.stats.failovers[("s1", "success")] == 4
         # s2 is unknown to this Sentinel: left as the file says
-        assert next(s for s in ctx.shards if s.name == "s2").primary.port == c
+        assert next(s for s in ctx.fleet.shards if s.name == "s2").primary.port == c
     finally:
         await failover.stop()
         await fake.stop()
@@ -636,10 +646,58 @@ async def test_subscriber_follows_events_reconnects_and_authenticates() -> None:
     assert all(t.done() for t in failover._tasks) and not failover._tasks
 
 
+@dataclass
+class NoShards:
+    """A context without shards (SentinelContext): only the subscription is under test."""
+
+    shards: list[Any] = field(default_factory=list)
+
+    def node_for(self, shard: str, role: str, host: str, port: int) -> Any:
+        raise AssertionError("no shard to change")
+
+    def record_failover(self, shard: str, result: str) -> None:
+        raise AssertionError("no shard to fail over")
+
+
+async def test_subscription_keepalive(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A silent subscription is PINGed and kept while the PINGs are answered; unanswered, it is
+    dropped after twice the keep-alive period and a new one is made."""
+    monkeypatch.setattr(sentinel, "KEEPALIVE", 0.05)
+    fake = FakeSentinel()
+    await fake.start()
+    cfg = configmod.parse(
+        {
+            "listen": f"127.0.0.1:{free_port()}",
+            "admin": "off",
+            "failover": {"mode": "sentinel"},
+            "sentinel": {"addresses": [f"127.0.0.1:{fake.port}"], "poll_interval_ms": 60000},
+            "shards": [{"name": "s1", "primary": f"127.0.0.1:{free_port()}"}],
+        }
+    )
+    failover = SentinelFailover(NoShards(), cfg)
+    key = f"127.0.0.1:{fake.port}"
+    try:
+        failover.start(HealthMonitor(lambda: [], HealthSettings(), failover))
+        await until(lambda: failover.subscribed.get(key, False))
+        (first,) = fake.subscribers
+        await until(lambda: fake.pings >= 4)
+        assert fake.subscribers == [first] and failover.subscribed[key]
+
+        fake.muted.add(first)
+        pings = fake.pings
+        took = await until(lambda: fake.subscribers[:1] != [first])
+        assert fake.pings - pings <= 2 and took < 0.5
+        await until(lambda: failover.subscribed[key] and len(fake.subscribers) == 1)
+        assert fake.subscribers[0] is not first
+    finally:
+        await failover.stop()
+        await fake.stop()
+
+
 def test_parse_answer_and_event() -> None:
-    addr = resp.array([resp.bulk(b"10.0.0.2"), resp.bulk(b"6380")])
+    addr = encode.array([encode.bulk(b"10.0.0.2"), encode.bulk(b"6380")])
     master = flat({"name": "m", "ip": "10.0.0.1", "config-epoch": 7, "flags": "master"})
-    replicas = resp.array(
+    replicas = encode.array(
         [
             flat({"ip": "10.0.0.1", "port": 6379, "flags": "s_down,slave,disconnected"}),
             flat({"ip": "10.0.0.3", "port": 6381, "flags": "slave"}),

@@ -1,0 +1,200 @@
+"""The proxy's read models: INFO sections, the /topology document, and metric samples.
+
+Everything an operator reads about a running worker is assembled here, at the moment it is
+asked for, from the fleet (nodes, shards, router, migration), the client registry and the
+plain counters the hot path bumps. Nothing here is on the request path.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import platform
+
+from shardproxy import __version__
+from shardproxy.backend.node import Node
+from shardproxy.commands import table as commands
+from shardproxy.control.fleet import Fleet
+from shardproxy.observe import metrics
+from shardproxy.session.builtin import process_info
+from shardproxy.session.registry import ClientRegistry
+
+
+@functools.cache
+def command_label_names() -> tuple[str, ...]:
+    """The ``command`` label of each command table index (and "unknown" after the last)."""
+    return (*(spec.name.replace("|", " ") for spec in commands.iter_specs()), "unknown")
+
+
+class Telemetry:
+    """What INFO, /topology and /metrics say about one worker process."""
+
+    def __init__(
+        self,
+        fleet: Fleet,
+        registry: ClientRegistry,
+        stats: metrics.Stats,
+        command_counters: metrics.CommandCounters,
+        start_time: float,
+    ) -> None:
+        self.fleet = fleet
+        self.registry = registry
+        self.stats = stats
+        self.command_counters = command_counters
+        self.start_time = start_time
+
+    def info_sections(
+        self, keyspace: dict[str, dict[str, int]]
+    ) -> list[tuple[str, list[tuple[str, object]]]]:
+        router = self.fleet.router
+        shards: list[tuple[str, object]] = []
+        for s in router.shards:
+            nodes = ",".join(f"{n.role}={n.address}:{self.fleet.node_state(n)}" for n in s.nodes())
+            shards.append((f"shard_{s.name}", nodes))
+        listen = ",".join(str(a) for a in self.fleet.config.listen)
+        st = self.stats
+        return [
+            ("Server", [*process_info(self.start_time), ("listen", listen)]),
+            (
+                "Clients",
+                [
+                    ("connected_clients", len(self.registry)),
+                    ("pending_requests", self.registry.pending_requests()),
+                ],
+            ),
+            (
+                "Stats",
+                [
+                    ("total_connections_received", st.connections_received),
+                    ("rejected_connections", st.connections_rejected),
+                    ("total_commands_processed", st.commands),
+                    ("total_net_input_bytes", st.bytes_in),
+                    ("total_net_output_bytes", st.bytes_out),
+                    ("backend_requests", sum(n.requests for n in self.fleet.nodes.values())),
+                    (
+                        "backend_errors",
+                        sum(sum(n.errors.values()) for n in self.fleet.nodes.values()),
+                    ),
+                ],
+            ),
+            (
+                "Proxy",
+                [
+                    ("shards", len(router.shards)),
+                    (
+                        "hash",
+                        f"{self.fleet.config.hash.function}/{self.fleet.config.hash.distribution}",
+                    ),
+                    ("read_policy", router.policy),
+                ],
+            ),
+            ("Shards", shards),
+            (
+                "Keyspace",
+                [
+                    (db, f"keys={v.get('keys', 0)},expires={v.get('expires', 0)},avg_ttl=0")
+                    for db, v in sorted(keyspace.items())
+                ],
+            ),
+        ]
+
+    def topology_json(self) -> dict[str, object]:
+        """/topology: the ring and every node's role and state."""
+        router = self.fleet.router
+        shares = router.ring.shares()
+        weights = {s.name: s.weight for s in self.fleet.config.shards}
+
+        def node_json(n: Node) -> dict[str, object]:
+            d: dict[str, object] = {
+                "address": n.address,
+                "role": n.role,
+                "health": self.fleet.node_state(n),
+                "usable": n.usable,
+                "pending": n.pending_count(),
+            }
+            if not n.usable:
+                d["error"] = n.last_error()
+            if n.role == "replica":
+                d["lag_bytes"] = n.lag_bytes
+            return d
+
+        m = self.fleet.migration
+        return {
+            "migration": m.status() if m is not None else None,
+            "hash": dataclasses.asdict(self.fleet.config.hash),
+            "read_policy": router.policy,
+            "shards": [
+                {
+                    "name": s.name,
+                    "weight": weights[s.name],
+                    "keyspace_share": round(shares[s.name], 6),
+                    "primary": s.primary.address,
+                    "replicas": [r.address for r in s.replicas],
+                    "nodes": [node_json(n) for n in s.nodes()],
+                }
+                for s in router.shards
+            ],
+        }
+
+    def metric_samples(self) -> dict[str, list[metrics.Sample] | list[metrics.HistogramSample]]:
+        """Current values of every metric in the table (called at scrape time)."""
+        S = metrics.Sample
+        st = self.stats
+        out: dict[str, list[metrics.Sample] | list[metrics.HistogramSample]] = {
+            "shardproxy_build_info": [S((__version__, platform.python_version()), 1)],
+            "shardproxy_client_connections": [S((), len(self.registry))],
+            "shardproxy_client_connections_accepted_total": [S((), st.connections_received)],
+            "shardproxy_client_connections_rejected_total": [S((), st.connections_rejected)],
+            "shardproxy_client_received_bytes_total": [S((), st.bytes_in)],
+            "shardproxy_client_sent_bytes_total": [S((), st.bytes_out)],
+            "shardproxy_failovers_total": [S(k, v) for k, v in st.failovers.items()],
+            "shardproxy_config_reloads_total": [S((k,), v) for k, v in st.reloads.items()],
+        }
+        m = self.fleet.migration
+        out["shardproxy_migration_active"] = [S((), 1 if m is not None and not m.finished else 0)]
+        out["shardproxy_migration_keys_moved_total"] = (
+            [S(("access",), m.moved_on_access), S(("background",), m.moved_background)]
+            if m is not None
+            else []
+        )
+        counters = self.command_counters
+        hist = counters.latency
+        names = command_label_names()
+        cmd_samples = []
+        hist_samples = []
+        for i, name in enumerate(names):
+            ok, err = counters.calls(i)
+            if ok:
+                cmd_samples.append(S((name, "ok"), ok))
+            if err:
+                cmd_samples.append(S((name, "error"), err))
+            if ok or err:
+                buckets, total, _ = hist.buckets(i)
+                hist_samples.append(metrics.HistogramSample((name,), buckets, total))
+        out["shardproxy_commands_total"] = cmd_samples
+        out["shardproxy_command_duration_seconds"] = hist_samples
+        req, pend, up, errs, lag = [], [], [], [], []
+        for node in self.fleet.nodes.values():
+            labels = (node.shard, node.address, node.role)
+            req.append(S(labels, node.requests))
+            pend.append(S(labels, node.pending_count()))
+            up.append(S(labels, 1 if node.usable else 0))
+            for kind, n in node.errors.items():
+                errs.append(S((node.shard, node.address, kind), n))
+            if node.role == "replica" and node.lag_bytes is not None:
+                lag.append(S((node.shard, node.address), node.lag_bytes))
+        out["shardproxy_backend_requests_total"] = req
+        out["shardproxy_backend_pending_requests"] = pend
+        out["shardproxy_backend_up"] = up
+        out["shardproxy_backend_errors_total"] = errs
+        out["shardproxy_replica_lag_bytes"] = lag
+        bl = self.fleet.backend_latency
+        out["shardproxy_backend_request_duration_seconds"] = (
+            []
+            if bl is None
+            else [
+                metrics.HistogramSample(key, *bl.buckets(series)[:2])
+                for key, series in self.fleet.latency_series.items()
+            ]
+        )
+        return out

@@ -1,0 +1,328 @@
+"""What every connection to one Redis node shares, shared pipeline or lease alike.
+
+:class:`NodeBase` is a node as its connections see it: where it is, how to connect, what it
+counts, and whom to tell of a failure (``backend.node.Node`` completes it with the pipelines
+and the lease pool). :class:`Connection` is the common life of one connection: dial (through
+``backend.dial``), the handshake, reading replies with one scanner, and failing every pending
+request when the connection goes. Subclasses say what a reply means (:meth:`Connection._deliver`)
+and what a failure does next (:meth:`Connection._after_failure`).
+
+States::
+
+            start()                   connected + handshake ok
+    (new) ──────────▶ CONNECTING ───────────────────────────▶ READY
+                          │                                      │
+    connect error/timeout │          lost / reply timeout /      │
+                          ▼          garbage from the server     │
+                         DOWN ◀──────────────────────────────────┘
+    any state ── close() ──▶ CLOSED (terminal)
+
+A shared pipeline leaves DOWN again by reconnecting after a backoff; a lease never does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Final, Protocol, cast
+
+from shardproxy.backend import dial
+from shardproxy.backend.slots import PushConsumer, Recipient, ReplySlot
+from shardproxy.observe.metrics import Histogram
+from shardproxy.protocol import errors, replies
+from shardproxy.protocol.fifo import Fifo
+
+CONNECTING: Final = "connecting"
+READY: Final = "ready"
+DOWN: Final = "down"
+CLOSED: Final = "closed"
+
+
+@dataclass(frozen=True, slots=True)
+class BackendSettings:
+    """Per-node connection settings, from the topology's ``timeouts`` and ``backend`` sections."""
+
+    connect_timeout: float = 1.0
+    command_timeout: float = 1.0
+    connections: int = 1
+    username: str | None = None
+    password: str | None = None
+    backoff_min: float = 0.05
+    backoff_max: float = 1.0
+    max_leases: int = 64  # leased connections open at once, per node
+    lease_idle: float = 30.0  # an idle leased connection is closed after this many seconds
+    credentials: dial.Credentials = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "credentials", dial.Credentials(self.username, self.password))
+
+
+class NodeListener(Protocol):
+    """Told when live traffic to a node fails (health monitoring counts it), and when a node
+    routing believes is a primary answers -READONLY."""
+
+    def failure(self, node: NodeBase, reason: str) -> None: ...
+
+    def readonly(self, node: NodeBase) -> None: ...
+
+
+class NodeBase:
+    """One Redis server as its connections see it.
+
+    ``usable`` says whether routing may use the node; the health monitor owns it, and
+    live-traffic failures reach the monitor through ``listener``. Metrics: ``requests`` and
+    ``errors`` are plain counters; ``latency`` (None when command metrics are off) is observed
+    at series ``latency_series``. ``pushes`` is who gets unsolicited frames from the shared
+    pipelines (None: they are counted in ``pushes_dropped`` and dropped)."""
+
+    __slots__ = (
+        "address",
+        "endpoint",
+        "errors",
+        "host",
+        "lag_bytes",
+        "latency",
+        "latency_series",
+        "listener",
+        "loop",
+        "port",
+        "pushes",
+        "pushes_dropped",
+        "requests",
+        "role",
+        "settings",
+        "shard",
+        "unix",
+        "usable",
+    )
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        shard: str,
+        role: str,
+        host: str,
+        port: int,
+        settings: BackendSettings,
+        unix: str | None = None,
+        listener: NodeListener | None = None,
+    ) -> None:
+        self.loop = loop
+        self.shard = shard  # name of the shard this node serves
+        self.role = role  # "primary" or "replica"
+        self.host = host
+        self.port = port
+        self.unix = unix
+        self.endpoint = dial.Endpoint(host, port, unix)
+        self.address = str(self.endpoint)
+        self.settings = settings
+        self.listener = listener
+        self.usable = True
+        self.requests = 0  # requests written to this node (all connections)
+        self.errors = {"timeout": 0, "connection": 0, "protocol": 0}  # connection failures
+        self.latency: Histogram | None = None
+        self.latency_series = 0
+        self.lag_bytes: int | None = None  # replicas: bytes behind the primary (health probes)
+        self.pushes: PushConsumer | None = None
+        self.pushes_dropped = 0
+
+    def connection_failed(self, reason: str) -> None:
+        """A shared connection went DOWN (the node reports it, see ``Node``)."""
+        raise NotImplementedError
+
+    def connection_up(self) -> None:
+        """A shared connection is READY again."""
+        raise NotImplementedError
+
+
+class Connection:
+    """One connection to a node; an asyncio protocol by its methods (a native base class, so
+    compiled subclasses call each other directly)."""
+
+    __slots__ = (
+        "_handshake_left",
+        "_scanner",
+        "last_error",
+        "loop",
+        "node",
+        "pending",
+        "proto",
+        "state",
+        "transport",
+        "wbuf",
+    )
+
+    def __init__(self, node: NodeBase, proto: int) -> None:
+        self.node = node
+        self.proto = proto
+        self.loop = node.loop
+        self.state = CONNECTING
+        self.transport: asyncio.Transport | None = None
+        self.pending: Fifo[ReplySlot] = Fifo()  # slots of requests sent or queued, in order
+        self.wbuf: list[bytes] = []  # request bytes not yet written
+        self._scanner = replies.ReplyScanner()
+        self._handshake_left = 0  # handshake replies still expected before client replies
+        self.last_error = ""  # why the connection was last lost or refused ("" if never)
+
+    # -- connecting ------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.state = CONNECTING
+        self.loop.create_task(self._connect())
+
+    async def _connect(self) -> None:
+        node = self.node
+        timeout = node.settings.connect_timeout
+        try:
+            await dial.open_transport(
+                self.loop, node.endpoint, lambda: cast(asyncio.Protocol, self), timeout
+            )
+        except TimeoutError:
+            self._fail(f"connect timed out after {int(timeout * 1000)} ms", kind="timeout")
+        except OSError as exc:
+            self._fail(exc.strerror or str(exc))
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport = cast(asyncio.Transport, transport)
+        if self.state is CLOSED:
+            transport.close()
+            return
+        self.transport = transport
+        hs = dial.handshake(self.proto, self.node.settings.credentials)
+        if hs:
+            self._handshake_left = len(hs)
+            transport.write(b"".join(hs))
+        else:
+            self._ready()
+
+    def _ready(self) -> None:
+        self.state = READY
+        self.last_error = ""
+        self._on_ready()
+
+    def _on_ready(self) -> None:
+        """READY: write what was queued while connecting (subclasses add their part)."""
+        raise NotImplementedError
+
+    def pause_writing(self) -> None:
+        pass  # the node reads its replies; what it has not read waits in the kernel
+
+    def resume_writing(self) -> None:
+        pass
+
+    def eof_received(self) -> bool | None:
+        return None
+
+    # -- receiving -------------------------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            frames = self._scanner.feed(data)
+        except replies.ReplyError as exc:
+            self._fail(f"protocol error from server: {exc}", kind="protocol")
+            return
+        if not frames:
+            return
+        if self._handshake_left:
+            while self._handshake_left and frames:
+                r = frames.pop(0)
+                self._handshake_left -= 1
+                if replies.is_error(r):
+                    msg = r[1:-2].decode("utf-8", "replace")
+                    self._fail("handshake refused: " + msg, kind="protocol")
+                    return
+            if self._handshake_left:
+                return
+            self._ready()
+            if not frames:
+                return
+        self._deliver(frames)
+
+    def _deliver(self, frames: list[bytes]) -> None:
+        """Complete pending slots with ``frames`` (replies in request order, and pushes)."""
+        raise NotImplementedError
+
+    def _push(self, frame: bytes, consumer: PushConsumer | None, touched: list[Recipient]) -> None:
+        """Hand an unsolicited frame to ``consumer``, before the oldest unanswered request's
+        reply; without a consumer it is counted and dropped."""
+        if consumer is None:
+            self.node.pushes_dropped += 1
+            return
+        s = consumer.push(frame, self.pending.head() if self.pending else None)
+        if s is not None and not s.dirty:
+            s.dirty = True
+            touched.append(s)
+
+    # -- failures --------------------------------------------------------------------------
+
+    def _unavailable(self) -> bytes:
+        return errors.reply(
+            "shard_unavailable",
+            shard=self.node.shard,
+            node=self.node.address,
+            detail=self.last_error or "not connected",
+        )
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        if self.state is CLOSED:
+            self._fail_pending(None)
+            return
+        if self.state is not DOWN:
+            self._fail(str(exc) if exc else "connection closed by server")
+
+    def _fail(self, reason: str, reply: bytes | None = None, kind: str = "connection") -> None:
+        """Drop the connection: fail every pending request, go DOWN, then whatever the kind of
+        connection does next. ``kind`` is the metrics' error type: timeout, connection or
+        protocol."""
+        was_ready = self.state is READY
+        self.node.errors[kind] += 1
+        self.last_error = reason
+        if reply is None:
+            if was_ready:
+                reply = errors.reply(
+                    "shard_closed", shard=self.node.shard, node=self.node.address, detail=reason
+                )
+            else:
+                reply = self._unavailable()
+        if self.state is not CLOSED:
+            self.state = DOWN
+        transport, self.transport = self.transport, None
+        if transport is not None:
+            transport.abort()
+        self._fail_pending(reply)
+        if self.state is DOWN:
+            self._after_failure(reason)
+
+    def _after_failure(self, reason: str) -> None:
+        raise NotImplementedError
+
+    def _fail_pending(self, reply: bytes | None) -> None:
+        self._reset_state()
+        self.wbuf.clear()
+        self._handshake_left = 0
+        self._scanner = replies.ReplyScanner()
+        pending, self.pending = self.pending, Fifo()
+        err = reply or errors.reply(
+            "shard_closed", shard=self.node.shard, node=self.node.address, detail="node removed"
+        )
+        touched: list[Recipient] = []
+        for slot in pending:
+            s = slot.fail(err)
+            if s is not None and not s.dirty:
+                s.dirty = True
+                touched.append(s)
+        for s in touched:
+            s.flush()
+
+    def _reset_state(self) -> None:
+        """Forget per-request bookkeeping (timers, write batches) before pending is failed."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Close for good; pending requests fail."""
+        self.state = CLOSED
+        transport, self.transport = self.transport, None
+        if transport is not None:
+            transport.close()
+        self._fail_pending(None)

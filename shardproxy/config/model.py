@@ -1,0 +1,392 @@
+"""The topology schema: one frozen dataclass per section of the file, and :class:`Config`.
+
+The dataclasses here *are* the schema. Each field that can appear in the file declares, once,
+its default and, in its ``metadata``, the kind of value it takes and what it means. A field is a
+YAML key when its metadata has ``kind`` (a leaf value, see :mod:`shardproxy.config.kinds`),
+``section`` (a nested mapping, built as that dataclass) or ``sections`` (a list of such
+mappings); a field without a default is required.
+
+This module owns those dataclasses and the views derived from them:
+:func:`reference_markdown` renders the README's topology reference (key, type, default,
+meaning) and :func:`changed_settings` compares two configs key by key (``shardproxy diff``,
+reload logs). Building a :class:`Config` from YAML is :mod:`shardproxy.config.load`; the generic
+walk both use is :mod:`shardproxy.config.schema`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from shardproxy.config.kinds import (
+    ADMIN,
+    COMMAND_NAMES,
+    DISTRIBUTION,
+    FAILOVER_MODE,
+    HASH_FUNCTION,
+    LAG,
+    LISTENERS,
+    MIGRATION_COPY,
+    NODE,
+    NODES,
+    READ_POLICY,
+    TAG,
+    Address,
+    LagLimit,
+)
+from shardproxy.config.schema import (
+    BOOL,
+    NAME,
+    NON_NEGATIVE_INT,
+    OPTIONAL_STRING,
+    POSITIVE_INT,
+    SIZE,
+    _key,
+)
+from shardproxy.config.schema import changed_settings as _changed_settings
+from shardproxy.config.schema import reference_markdown as _reference_markdown
+from shardproxy.routing.ring import Ring
+
+# --- the schema: one dataclass per section ------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class HashConfig:
+    """How a key picks its shard."""
+
+    function: str = field(
+        default="fnv1a_64", metadata=_key(HASH_FUNCTION, "hash function applied to the key")
+    )
+    distribution: str = field(
+        default="ketama",
+        metadata=_key(
+            DISTRIBUTION,
+            "`ketama`: consistent hashing, nutcracker-compatible; "
+            "`modula`: hash modulo the total weight",
+        ),
+    )
+    tag: str = field(
+        default="{}",
+        metadata=_key(
+            TAG, 'hash tag delimiters: only the part between them is hashed; `""` disables tags'
+        ),
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class ShardConfig:
+    """One shard: a primary and its replicas, placed on the ring by ``name`` and ``weight``."""
+
+    name: str = field(
+        metadata=_key(NAME, "stable identity of the shard on the ring (never its address)")
+    )
+    weight: int = field(default=1, metadata=_key(POSITIVE_INT, "relative share of the keyspace"))
+    primary: Address = field(metadata=_key(NODE, "the node that takes writes"))
+    replicas: tuple[Address, ...] = field(
+        default=(), metadata=_key(NODES, "nodes that may serve reads, per `read_policy`")
+    )
+    sentinel_name: str | None = field(
+        default=None,
+        metadata=_key(
+            OPTIONAL_STRING,
+            "master name in Sentinel (`failover.mode: sentinel`); null: the shard name",
+        ),
+    )
+
+    @property
+    def nodes(self) -> tuple[Address, ...]:
+        """Primary first, then the replicas."""
+        return (self.primary, *self.replicas)
+
+
+@dataclass(frozen=True)
+class TimeoutsConfig:
+    """How long the proxy waits on backends."""
+
+    connect_ms: int = field(
+        default=1000, metadata=_key(POSITIVE_INT, "opening a connection to a backend node")
+    )
+    command_ms: int = field(
+        default=1000,
+        metadata=_key(POSITIVE_INT, "a reply from a backend node before the client gets an error"),
+    )
+
+
+@dataclass(frozen=True)
+class BackendConfig:
+    """Connections from the proxy to every node."""
+
+    connections: int = field(
+        default=1,
+        metadata=_key(POSITIVE_INT, "connections to each node, per worker; requests are pipelined"),
+    )
+    username: str | None = field(
+        default=None, metadata=_key(OPTIONAL_STRING, "ACL user for AUTH on backend connections")
+    )
+    password: str | None = field(
+        default=None,
+        metadata=_key(
+            OPTIONAL_STRING, "password for AUTH on backend connections; null: no AUTH", secret=True
+        ),
+    )
+    max_leases: int = field(
+        default=64,
+        metadata=_key(
+            POSITIVE_INT,
+            "dedicated connections open at once to each node, per worker, for commands that "
+            "need a connection of their own (transactions, blocking commands); beyond it such "
+            "a command gets -TRYAGAIN",
+        ),
+    )
+    lease_idle_ms: int = field(
+        default=30000,
+        metadata=_key(POSITIVE_INT, "a dedicated connection unused for this long is closed"),
+    )
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    """Per-client and per-process limits."""
+
+    max_pending_per_client: int = field(
+        default=1024,
+        metadata=_key(
+            POSITIVE_INT, "requests a client may have outstanding before the proxy stops reading it"
+        ),
+    )
+    max_request_bytes: int = field(
+        default=512 * 1024**2,
+        metadata=_key(SIZE, "largest request frame; a larger one is a protocol error"),
+    )
+    max_inline_bytes: int = field(
+        default=64 * 1024, metadata=_key(SIZE, "longest inline (telnet-style) command line")
+    )
+    max_clients: int = field(
+        default=10000, metadata=_key(POSITIVE_INT, "client connections per worker")
+    )
+
+
+@dataclass(frozen=True)
+class ShutdownConfig:
+    """What happens on SIGTERM/SIGINT."""
+
+    drain_timeout_ms: int = field(
+        default=5000,
+        metadata=_key(
+            NON_NEGATIVE_INT, "how long in-flight requests may finish before connections close"
+        ),
+    )
+
+
+@dataclass(frozen=True)
+class HealthConfig:
+    """Probes of every node (PING, then INFO replication)."""
+
+    interval_ms: int = field(
+        default=1000, metadata=_key(POSITIVE_INT, "time between probes of a node")
+    )
+    timeout_ms: int = field(
+        default=500, metadata=_key(POSITIVE_INT, "a probe that takes longer fails")
+    )
+    failures: int = field(
+        default=3,
+        metadata=_key(
+            POSITIVE_INT, "consecutive failed probes or live-traffic failures that mark a node down"
+        ),
+    )
+    successes: int = field(
+        default=2,
+        metadata=_key(POSITIVE_INT, "consecutive good probes that mark a down node up again"),
+    )
+
+
+@dataclass(frozen=True)
+class FailoverConfig:
+    """What happens when a shard's primary is down."""
+
+    mode: str = field(
+        default="none",
+        metadata=_key(
+            FAILOVER_MODE,
+            "`none`: errors naming the shard until the primary returns; `promote`: the proxy "
+            "promotes the most up-to-date replica; `sentinel`: follow Redis Sentinel; `eject`: "
+            "the shard leaves the ring while it has no usable node (caches only: keys move)",
+        ),
+    )
+
+
+@dataclass(frozen=True)
+class SentinelConfig:
+    """Redis Sentinel, for `failover.mode: sentinel`."""
+
+    addresses: tuple[Address, ...] = field(
+        default=(), metadata=_key(NODES, "Sentinel nodes to ask and subscribe to")
+    )
+    poll_interval_ms: int = field(
+        default=5000,
+        metadata=_key(
+            POSITIVE_INT,
+            "how often every shard's primary is asked for, besides the +switch-master subscription",
+        ),
+    )
+    password: str | None = field(
+        default=None,
+        metadata=_key(OPTIONAL_STRING, "password for the Sentinels; null: none", secret=True),
+    )
+
+
+@dataclass(frozen=True)
+class ReloadConfig:
+    """Applying an edited topology file without a restart (SIGHUP and POST /reload always work)."""
+
+    watch: bool = field(
+        default=False,
+        metadata=_key(BOOL, "also reload when the file's contents change (checked every second)"),
+    )
+
+
+@dataclass(frozen=True)
+class MigrationConfig:
+    """Moving keys when a reload changes which shard owns them."""
+
+    window_s: int = field(
+        default=300,
+        metadata=_key(
+            NON_NEGATIVE_INT,
+            "after a reload moves keys, a key missing on its new shard is looked up on its "
+            "previous shard and moved over, for this long (and until the background copy ends); "
+            "0 disables",
+        ),
+    )
+    copy: str = field(
+        default="none",
+        metadata=_key(
+            MIGRATION_COPY,
+            "`background`: also scan the previous owners and move the keys that changed shard, "
+            "so the window can close early; `none`: move keys only when they are used",
+        ),
+    )
+    rate: int = field(
+        default=5000,
+        metadata=_key(POSITIVE_INT, "keys per second the background copy moves at most"),
+    )
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    """What the proxy counts for /metrics and INFO."""
+
+    commands: bool = field(
+        default=True,
+        metadata=_key(
+            BOOL,
+            "count every command and its latency (per command and per backend); "
+            "false saves a little CPU per request",
+        ),
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class Config:
+    """A validated topology. Built by :func:`~shardproxy.config.loader.parse` and
+    :func:`~shardproxy.config.loader.load`; immutable, so a reload builds a new one and swaps it
+    in whole."""
+
+    listen: tuple[Address, ...] = field(
+        default=(Address("127.0.0.1", 6380),),
+        metadata=_key(LISTENERS, 'RESP listener(s): "host:port", "[::1]:port" or "unix:/path"'),
+    )
+    admin: Address | None = field(
+        default=Address("127.0.0.1", 9121),
+        metadata=_key(ADMIN, "HTTP admin listener (/metrics, /healthz, /readyz, /topology)"),
+    )
+    hash: HashConfig = field(default_factory=HashConfig, metadata={"section": HashConfig})
+    read_policy: str = field(
+        default="primary",
+        metadata=_key(
+            READ_POLICY,
+            "where reads go: `primary`; `prefer-replica` (a healthy replica, else the primary); "
+            "`replica` (a healthy replica, else an error)",
+        ),
+    )
+    shards: tuple[ShardConfig, ...] = field(metadata={"sections": ShardConfig})
+    max_replica_lag: LagLimit = field(
+        default=LagLimit(1024 * 1024, "bytes"),
+        metadata=_key(LAG, "a replica further behind its primary serves no reads"),
+    )
+    read_your_writes_ms: int = field(
+        default=1000,
+        metadata=_key(
+            NON_NEGATIVE_INT,
+            "after a client writes to a shard, its reads of that shard go to the primary for "
+            "this long; 0 disables",
+        ),
+    )
+    health: HealthConfig = field(default_factory=HealthConfig, metadata={"section": HealthConfig})
+    failover: FailoverConfig = field(
+        default_factory=FailoverConfig, metadata={"section": FailoverConfig}
+    )
+    sentinel: SentinelConfig = field(
+        default_factory=SentinelConfig, metadata={"section": SentinelConfig}
+    )
+    timeouts: TimeoutsConfig = field(
+        default_factory=TimeoutsConfig, metadata={"section": TimeoutsConfig}
+    )
+    backend: BackendConfig = field(
+        default_factory=BackendConfig, metadata={"section": BackendConfig}
+    )
+    limits: LimitsConfig = field(default_factory=LimitsConfig, metadata={"section": LimitsConfig})
+    shutdown: ShutdownConfig = field(
+        default_factory=ShutdownConfig, metadata={"section": ShutdownConfig}
+    )
+    workers: int = field(
+        default=1,
+        metadata=_key(
+            POSITIVE_INT,
+            "worker processes sharing the listen port (SO_REUSEPORT) under a supervisor that "
+            "restarts a worker that dies; `--workers` overrides it",
+        ),
+    )
+    reload: ReloadConfig = field(default_factory=ReloadConfig, metadata={"section": ReloadConfig})
+    migration: MigrationConfig = field(
+        default_factory=MigrationConfig, metadata={"section": MigrationConfig}
+    )
+    metrics: MetricsConfig = field(
+        default_factory=MetricsConfig, metadata={"section": MetricsConfig}
+    )
+    deny_commands: frozenset[str] = field(
+        default=frozenset(),
+        metadata=_key(COMMAND_NAMES, "commands refused with an error (any case)"),
+    )
+    #: The file this was loaded from; None when parsed from data. Not a YAML key.
+    source: str | None = None
+
+    def ring(self, without: frozenset[str] | set[str] = frozenset()) -> Ring:
+        """The ring of the shards (less those in ``without``): built from names and weights,
+        never addresses, with this topology's hash settings."""
+        return Ring.build(
+            [(s.name, s.weight) for s in self.shards if s.name not in without],
+            function=self.hash.function,
+            distribution=self.hash.distribution,
+            tag=self.hash.tag,
+        )
+
+    def shard(self, name: str) -> ShardConfig:
+        """The shard called ``name`` (KeyError if there is none)."""
+        for shard in self.shards:
+            if shard.name == name:
+                return shard
+        raise KeyError(name)
+
+
+# --- derived views ------------------------------------------------------------------------------
+
+
+def reference_markdown() -> str:
+    """The README's topology reference: one row per key with its type, default and meaning."""
+    return _reference_markdown(Config)
+
+
+def changed_settings(old: Config, new: Config) -> list[tuple[str, str, str]]:
+    """(key path, old, new) for every setting outside ``shards`` that differs, values shown in
+    YAML form. Secrets show as ``(hidden)`` but are still compared."""
+    return _changed_settings(Config, old, new)

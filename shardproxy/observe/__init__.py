@@ -1,0 +1,1 @@
+"""The metric table and the cheap counters behind it, and logging."""

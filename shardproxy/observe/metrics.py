@@ -1,0 +1,258 @@
+"""The metric table, and the cheap counters behind it.
+
+Every metric the proxy exports is one row of :data:`METRICS` (name, type, labels, help). The
+Prometheus exposition, ``shardproxy metrics`` and the README's metric reference are derived
+from it, and a test checks that every row is actually exported.
+
+The hot path never touches prometheus-client. It bumps plain integers and lists
+(:class:`CommandCounters`, :class:`Histogram`, attributes of nodes and of the runtime's stats);
+at scrape time a :class:`Collector` asks a :class:`Source` (the runtime) for the current
+values and turns them into metric families. Label sets are bounded by the command table and
+the topology, never by keys or clients.
+
+A leaf module: it imports nothing from the package.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector as _PromCollector
+
+PREFIX = "shardproxy_"
+
+
+@dataclass(frozen=True)
+class MetricDef:
+    name: str  # full name, with the shardproxy_ prefix (and _total for counters)
+    type: str  # counter | gauge | histogram
+    labels: tuple[str, ...]
+    help: str
+    #: How the supervisor combines the values of several worker processes (supervisor.py):
+    #: "sum" (counters and histograms always; gauges that count things) or "max" (gauges that
+    #: are a state or a level, where adding the workers' views would be wrong).
+    merge: str
+
+    def __post_init__(self) -> None:
+        if self.merge not in ("sum", "max") or (self.merge == "max" and self.type != "gauge"):
+            raise ValueError(f"{self.name}: merge must be sum, or max for a gauge")
+
+
+# fmt: off
+METRICS: tuple[MetricDef, ...] = (
+    MetricDef("shardproxy_build_info", "gauge", ("version", "python"), "Always 1; the labels say which build runs.", "max"),
+    MetricDef("shardproxy_client_connections", "gauge", (), "Client connections open now.", "sum"),
+    MetricDef("shardproxy_client_connections_accepted_total", "counter", (), "Client connections accepted.", "sum"),
+    MetricDef("shardproxy_client_connections_rejected_total", "counter", (), "Client connections refused (limits.max_clients reached, or draining).", "sum"),
+    MetricDef("shardproxy_client_received_bytes_total", "counter", (), "Bytes read from clients.", "sum"),
+    MetricDef("shardproxy_client_sent_bytes_total", "counter", (), "Bytes written to clients.", "sum"),
+    MetricDef("shardproxy_commands_total", "counter", ("command", "status"), "Commands answered, by command and by whether the reply was an error.", "sum"),
+    MetricDef("shardproxy_command_duration_seconds", "histogram", ("command",), "Time from reading a command to its reply being ready to write, by command.", "sum"),
+    MetricDef("shardproxy_backend_requests_total", "counter", ("shard", "node", "role"), "Requests sent to each backend node.", "sum"),
+    MetricDef("shardproxy_backend_request_duration_seconds", "histogram", ("shard", "role"), "Time from sending a request to a node to its reply, by shard and role.", "sum"),
+    MetricDef("shardproxy_backend_errors_total", "counter", ("shard", "node", "type"), "Backend connection failures by type: timeout, connection, protocol.", "sum"),
+    MetricDef("shardproxy_backend_pending_requests", "gauge", ("shard", "node", "role"), "Requests sent to a node and not yet answered.", "sum"),
+    MetricDef("shardproxy_backend_up", "gauge", ("shard", "node", "role"), "1 while the node is usable, 0 while it is down.", "max"),
+    MetricDef("shardproxy_replica_lag_bytes", "gauge", ("shard", "node"), "Replication offset a replica is behind its primary (from health probes).", "max"),
+    MetricDef("shardproxy_failovers_total", "counter", ("shard", "result"), "Failover events of a shard, by result: success or failure (a promotion), adopted (a primary chosen elsewhere, by Sentinel or another worker, followed), ejected or restored (failover.mode eject).", "sum"),
+    MetricDef("shardproxy_config_reloads_total", "counter", ("result",), "Topology reloads, by result (success, failure).", "sum"),
+    MetricDef("shardproxy_migration_active", "gauge", (), "1 while keys that a reload moved to another shard are being moved.", "max"),
+    MetricDef("shardproxy_migration_keys_moved_total", "counter", ("how",), "Keys moved to their new shard during the last migration: on access (a miss served from the previous owner) or by the background copy.", "sum"),
+)
+# fmt: on
+
+BY_NAME = {m.name: m for m in METRICS}
+
+#: Latency buckets in seconds: 50 µs to 2.5 s (a proxy's interesting range is the low end).
+LATENCY_BUCKETS: tuple[float, ...] = (
+    0.00005,
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+)
+
+
+class Histogram:
+    """Flat bucket counts for ``series`` label sets; ``observe`` finds the bucket, two adds."""
+
+    __slots__ = ("bounds", "counts", "nb", "sums")
+
+    def __init__(self, series: int, bounds: Sequence[float] = LATENCY_BUCKETS) -> None:
+        self.bounds = tuple(bounds)
+        self.nb = len(self.bounds) + 1  # + the +Inf bucket
+        self.counts = [0] * (series * self.nb)  # counts[series * nb + bucket], not cumulative
+        self.sums = [0.0] * series
+
+    def bucket(self, value: float) -> int:
+        """Index of the bucket ``value`` falls in (bisect_left over the bounds; a linear scan,
+        since most values fall in the first buckets and compiled it is a few compares)."""
+        i = 0
+        for bound in self.bounds:
+            if value <= bound:
+                return i
+            i += 1
+        return i
+
+    def observe(self, series: int, value: float) -> None:
+        self.counts[series * self.nb + self.bucket(value)] += 1
+        self.sums[series] += value
+
+    def observe_many(self, series: int, value: float, n: int) -> None:
+        """``n`` observations of the same ``value``."""
+        self.counts[series * self.nb + self.bucket(value)] += n
+        self.sums[series] += value * n
+
+    def grow(self, series: int) -> None:
+        """Make room for at least ``series`` label sets."""
+        missing = series - len(self.sums)
+        if missing > 0:
+            self.counts.extend([0] * (missing * self.nb))
+            self.sums.extend([0.0] * missing)
+
+    def buckets(self, series: int) -> tuple[list[tuple[str, float]], float, int]:
+        """Cumulative (le, count) pairs as Prometheus wants them, the sum, and the count."""
+        base = series * self.nb
+        acc = 0
+        out = []
+        for i, bound in enumerate(self.bounds):
+            acc += self.counts[base + i]
+            out.append((repr(bound), float(acc)))
+        acc += self.counts[base + len(self.bounds)]
+        out.append(("+Inf", float(acc)))
+        return out, self.sums[series], acc
+
+
+class Stats:
+    """Plain counters bumped on the hot path and read by INFO and /metrics."""
+
+    __slots__ = (
+        "bytes_in",
+        "bytes_out",
+        "commands",
+        "connections_received",
+        "connections_rejected",
+        "failovers",
+        "reloads",
+    )
+
+    def __init__(self) -> None:
+        self.commands = 0  # requests parsed
+        self.connections_received = 0
+        self.connections_rejected = 0
+        self.bytes_in = 0  # from clients
+        self.bytes_out = 0  # to clients
+        # (shard, result) -> count; results as shardproxy_failovers_total's help says
+        self.failovers: dict[tuple[str, str], int] = {}
+        self.reloads = {"success": 0, "failure": 0}
+
+
+class CommandCounters:
+    """Per-command latency and error counts, indexed by the command table. The histogram's
+    count is the number of replies; ``errors`` counts those that were errors."""
+
+    __slots__ = ("errors", "latency")
+
+    def __init__(self, commands: int) -> None:
+        self.errors = [0] * commands
+        self.latency = Histogram(commands)
+
+    def calls(self, index: int) -> tuple[int, int]:
+        """(ok, error) replies of command ``index``."""
+        nb = self.latency.nb
+        total = sum(self.latency.counts[index * nb : (index + 1) * nb])
+        return total - self.errors[index], self.errors[index]
+
+
+@dataclass
+class Sample:
+    labels: tuple[str, ...]
+    value: float
+
+
+@dataclass
+class HistogramSample:
+    labels: tuple[str, ...]
+    buckets: list[tuple[str, float]]
+    sum: float
+
+
+class Source(Protocol):
+    """Who knows the current values (the runtime): metric name -> samples."""
+
+    def metric_samples(self) -> dict[str, list[Sample] | list[HistogramSample]]: ...
+
+
+class Collector(_PromCollector):
+    """A prometheus-client collector that reads the plain counters at scrape time."""
+
+    def __init__(self, source: Source) -> None:
+        self.source = source
+
+    def collect(self) -> Iterator[Metric]:
+        samples = self.source.metric_samples()
+        for m in METRICS:
+            yield from _family(m, samples.get(m.name, []))
+
+    def describe(self) -> Iterable[Metric]:
+        return []
+
+
+def _family(
+    m: MetricDef, samples: Sequence[Sample] | Sequence[HistogramSample]
+) -> Iterator[Metric]:
+    base = m.name.removesuffix("_total") if m.type == "counter" else m.name
+    fam: Metric
+    if m.type == "counter":
+        fam = CounterMetricFamily(base, m.help, labels=m.labels)
+        for s in samples:
+            assert isinstance(s, Sample)
+            fam.add_metric(list(s.labels), s.value)
+    elif m.type == "gauge":
+        fam = GaugeMetricFamily(base, m.help, labels=m.labels)
+        for s in samples:
+            assert isinstance(s, Sample)
+            fam.add_metric(list(s.labels), s.value)
+    else:
+        fam = HistogramMetricFamily(base, m.help, labels=m.labels)
+        for s in samples:
+            assert isinstance(s, HistogramSample)
+            fam.add_metric(list(s.labels), s.buckets, s.sum)
+    yield fam
+
+
+def markdown_table() -> str:
+    """The README's metric reference."""
+    rows = ["| metric | type | labels | meaning |", "| --- | --- | --- | --- |"]
+    for m in METRICS:
+        labels = ", ".join(m.labels) or "-"
+        rows.append(f"| `{m.name}` | {m.type} | {labels} | {m.help} |")
+    return "\n".join(rows)
+
+
+def text_table() -> str:
+    """``shardproxy metrics``: the table for a terminal."""
+    width = max(len(m.name) for m in METRICS)
+    lines = []
+    for m in METRICS:
+        labels = "{" + ",".join(m.labels) + "}" if m.labels else ""
+        lines.append(f"{m.name.ljust(width)}  {m.type:<9}  {labels}\n    {m.help}")
+    return "\n".join(lines)

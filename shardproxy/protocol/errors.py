@@ -1,0 +1,139 @@
+"""Every RESP error reply the proxy itself produces, in one table.
+
+Each entry of :data:`REPLIES` is a template; :func:`reply` fills it and returns the wire bytes
+(``-CODE message\\r\\n``). The README's error reference is generated from the same table, so a
+new error is added here once and documented everywhere.
+"""
+
+from __future__ import annotations
+
+#: name -> (template, when a user meets it). The template's first word is the error code.
+REPLIES: dict[str, tuple[str, str]] = {
+    "unknown_command": (
+        "ERR unknown command '{name}', with args beginning with: {args}",
+        "the command does not exist in Redis 7.0",
+    ),
+    "unsupported": (
+        "ERR command '{name}' is not supported by shardproxy",
+        "server administration, WATCH, pub/sub, scripting and other commands "
+        "that cannot be proxied yet",
+    ),
+    "blocking": (
+        "ERR blocking command '{name}' is not supported by shardproxy",
+        "BLPOP and friends, and XREAD/XREADGROUP with BLOCK",
+    ),
+    "denied": (
+        "ERR command '{name}' is denied by the proxy configuration (deny_commands)",
+        "the operator listed the command in deny_commands",
+    ),
+    "arity": (
+        "ERR wrong number of arguments for '{name}' command",
+        "as Redis says it",
+    ),
+    "syntax": ("ERR syntax error", "as Redis says it"),
+    "crossslot": (
+        "CROSSSLOT Keys in request don't hash to the same shard",
+        "a multi-key command that cannot be split has keys on different shards; "
+        "use a hash tag such as {user1}.a and {user1}.b",
+    ),
+    "shard_unavailable": (
+        "TRYAGAIN shard {shard}: node {node} is unreachable ({detail})",
+        "the node that should serve the shard is down or refuses connections",
+    ),
+    "shard_timeout": (
+        "TRYAGAIN shard {shard}: node {node} did not answer within {ms} ms",
+        "the node accepted the command but did not reply within timeouts.command_ms",
+    ),
+    "shard_closed": (
+        "TRYAGAIN shard {shard}: connection to node {node} lost before the reply ({detail})",
+        "the node closed the connection with the command in flight; it may or may not have "
+        "been applied, and the proxy never retries a write",
+    ),
+    "no_replica": (
+        "TRYAGAIN shard {shard}: no replica is available (read_policy replica)",
+        "read_policy is replica and every replica of the shard is down",
+    ),
+    "protocol": (
+        "ERR Protocol error: {detail}",
+        "malformed RESP or an oversized request; the connection is closed afterwards",
+    ),
+    "select": (
+        "ERR DB index is out of range (shardproxy serves database 0 only)",
+        "SELECT with a database other than 0",
+    ),
+    "noproto": ("NOPROTO unsupported protocol version", "HELLO with a version other than 2 or 3"),
+    "auth_nopass": (
+        "ERR AUTH <password> called without any password configured for the default user. "
+        "Are you sure your configuration is correct?",
+        "AUTH with a password while the proxy has no client password",
+    ),
+    "wrongpass": (
+        "WRONGPASS invalid username-password pair or user is disabled.",
+        "AUTH or HELLO ... AUTH as a user other than default while the proxy has no client "
+        "authentication (as Redis says it)",
+    ),
+    "multi_nested": ("ERR MULTI calls can not be nested", "MULTI inside MULTI, as Redis says it"),
+    "watch_in_multi": ("ERR WATCH inside MULTI is not allowed", "as Redis says it"),
+    "exec_without_multi": ("ERR EXEC without MULTI", "as Redis says it"),
+    "discard_without_multi": ("ERR DISCARD without MULTI", "as Redis says it"),
+    "not_queued": (
+        "ERR '{name}' was not queued: shardproxy does not run transactions yet, "
+        "EXEC will discard the transaction",
+        "a command after MULTI; nothing is run, and EXEC answers -EXECABORT",
+    ),
+    "execabort": (
+        "EXECABORT Transaction discarded because of previous errors.",
+        "EXEC of a transaction whose commands were not queued: none of them ran",
+    ),
+    "lease_limit": (
+        "TRYAGAIN shard {shard}: all {limit} dedicated connections to node {node} are in use",
+        "a command that needs a connection of its own (a transaction, a blocking command) "
+        "found backend.max_leases of them open to the node",
+    ),
+    "invalid_cursor": ("ERR invalid cursor", "SCAN with a cursor the proxy did not hand out"),
+    "subcommand": (
+        "ERR unknown subcommand '{sub}'. Try {name} HELP.",
+        "a subcommand the proxy does not answer",
+    ),
+    "not_integer": ("ERR value is not an integer or out of range", "as Redis says it"),
+    "internal": (
+        "ERR shardproxy internal error: {detail}",
+        "a bug in the proxy; it is logged with a traceback and the connection stays usable",
+    ),
+    "too_many_clients": (
+        "ERR max number of clients reached",
+        "limits.max_clients connections are already open",
+    ),
+}
+
+
+def _clean(text: str) -> str:
+    """Error lines cannot carry CR or LF; replace them so a reply stays one frame."""
+    return text.replace("\r", " ").replace("\n", " ")
+
+
+def message(which: str, /, **fields: object) -> str:
+    """The error text (without the leading ``-`` and the CRLF)."""
+    return _clean(REPLIES[which][0].format(**fields))
+
+
+def reply(which: str, /, **fields: object) -> bytes:
+    """The RESP error reply bytes for table entry ``which``."""
+    return b"-" + message(which, **fields).encode("utf-8", "replace") + b"\r\n"
+
+
+def quote_args(args: list[bytes], limit: int = 8) -> str:
+    """Arguments as Redis quotes them in 'unknown command' errors."""
+    shown = []
+    for a in args[:limit]:
+        text = a[:128].decode("utf-8", "replace")
+        shown.append("'" + text + "'")
+    return " ".join(shown) + (" " if shown else "")
+
+
+def reference_markdown() -> str:
+    """The README's table of errors a user can meet."""
+    rows = ["| reply | when |", "| --- | --- |"]
+    for template, when in REPLIES.values():
+        rows.append(f"| `-{template}` | {when} |")
+    return "\n".join(rows)

@@ -1,0 +1,531 @@
+"""One client connection: parse, dispatch, and send replies back strictly in request order.
+
+Every request gets a :class:`~shardproxy.session.queue.QueuedReply` at the tail of the
+session's ``queue`` as it is parsed. It is completed (its ``reply`` set to raw bytes) by a
+backend reply, by a fan-out merge, or at once for commands the proxy answers itself.
+:meth:`ClientSession.flush` writes out the completed replies at the head of the queue, and only
+those, so replies leave in request order however the backends interleave. Replies completed
+during one backend read are flushed with one write. Frames the client did not ask for (pushes
+from a leased connection) enter the same queue, before the reply they preceded, so replies and
+pushes never overtake each other.
+
+A client is in one mode at a time (``modes.py`` is the table); normal mode is the code below,
+every other mode is an object that sees each request first.
+
+Life of a session::
+
+    OPEN ── QUIT / protocol error / drain ──▶ CLOSING ── queue empty ──▶ closed
+      │                                                                   ▲
+      └──────────────────────── client hangs up ──────────────────────────┘
+
+When the client hangs up, its outstanding replies are detached (``reply.session = None``); the
+backends still read and drop them, so no pipeline desyncs; its mode gives back what it holds.
+
+Backpressure: reading from the client pauses while more than ``limits.max_pending_per_client``
+requests are outstanding, or while the client's own socket buffer is full; it resumes at half.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from time import perf_counter as clock
+from typing import Final, cast
+
+from shardproxy.backend.node import Node
+from shardproxy.backend.slots import PushConsumer, Recipient, ReplySlot
+from shardproxy.commands.table import (
+    KIND_ALL,
+    KIND_ANY,
+    KIND_DENIED,
+    KIND_KEYED,
+    KIND_LOCAL,
+    KIND_MODE,
+    KIND_SPLIT,
+    SPEC_COUNT,
+    CommandSpec,
+    get_keys,
+    is_blocking,
+)
+from shardproxy.protocol import encode, errors, requests
+from shardproxy.protocol.fifo import Fifo
+from shardproxy.routing.router import ShardNodes
+from shardproxy.session.host import SessionHost
+from shardproxy.session.modes import NORMAL, TRANSACTION, ClientMode, next_mode
+from shardproxy.session.queue import QueuedReply
+from shardproxy.session.transaction import TransactionMode
+
+log = logging.getLogger("shardproxy.session")
+
+UNKNOWN: Final = SPEC_COUNT  # metrics index of commands not in the table (and protocol errors)
+PUSHED: Final = -1  # the command index of a pushed frame: not a reply, not counted
+
+
+class ReplicaRetry(ReplySlot):
+    """Wraps the reply slot of a read sent to a replica: if the replica fails before answering
+    (down, connection lost, timeout), the read is sent once more, to the shard's primary.
+    Reads only: a write is never retried."""
+
+    __slots__ = ("flushed", "frame", "inner", "primary", "session")
+
+    def __init__(
+        self, inner: ReplySlot, frame: bytes, primary: Node, session: ClientSession
+    ) -> None:
+        self.inner = inner  # the client's QueuedReply, or a fan-out Leg
+        self.frame: bytes | None = frame  # None once retried
+        self.primary = primary
+        self.session = session
+        # what the inner slot returned when failed during the retry
+        self.flushed: Recipient | None = None
+
+    def complete(self, reply: bytes) -> Recipient | None:
+        return self.inner.complete(reply)
+
+    def fail(self, reply: bytes) -> Recipient | None:
+        if self.frame is None or self.session.transport is None:
+            self.flushed = self.inner.fail(reply)
+            return self.flushed
+        frame, self.frame = self.frame, None
+        self.flushed = None
+        self.primary.connection(self.session.proto, self.session.id).send(frame, self)
+        return self._flushed()  # set if the primary failed it at once: flush now, not later
+
+    def _flushed(self) -> Recipient | None:
+        # Read through a method: after ``self.flushed = None`` mypy takes the attribute to
+        # stay None across the send() above, and compiled code would trust that.
+        return self.flushed
+
+
+class ClientPushes(PushConsumer):
+    """A client as the holder of a leased connection: frames it did not ask for go into its
+    reply queue, before the reply of the request they preceded."""
+
+    __slots__ = ("session",)
+
+    def __init__(self, session: ClientSession) -> None:
+        self.session = session
+
+    def push(self, frame: bytes, before: ReplySlot | None) -> Recipient | None:
+        s = self.session
+        if s.transport is None:
+            return None  # the client has gone: dropped, like its replies
+        slot = QueuedReply(s, PUSHED, 0.0, frame)
+        if isinstance(before, QueuedReply):
+            s.queue.insert_before(before, slot)
+        else:
+            s.queue.append(slot)
+        return s
+
+
+class ClientSession(Recipient):
+    """The proxy side of one client connection (an asyncio protocol by its methods; its base
+    makes the backends' calls to it direct when compiled).
+
+    ``request_cmd`` and ``request_time`` describe the request being dispatched: every queued
+    reply made while dispatching it is counted as that command, read at that time."""
+
+    __slots__ = (
+        "closing",
+        "counters",
+        "host",
+        "id",
+        "info",
+        "mode",
+        "name",
+        "parser",
+        "peer",
+        "proto",
+        "pushes",
+        "queue",
+        "reading_paused",
+        "request_cmd",
+        "request_time",
+        "stats",
+        "transport",
+        "write_paused",
+        "writes",
+    )
+
+    def __init__(self, host: SessionHost) -> None:
+        super().__init__()
+        self.host = host
+        self.id = host.next_client_id()
+        # the process's counters (never replaced, so held here rather than looked up per read)
+        self.stats = host.stats
+        self.counters = host.command_counters
+        self.proto = 2  # RESP version the client speaks (HELLO switches it)
+        self.name: bytes | None = None  # CLIENT SETNAME
+        self.info: dict[bytes, bytes] = {}  # CLIENT SETINFO lib-name / lib-ver
+        limits = host.limits
+        self.parser = requests.RequestParser(limits.max_request_bytes, limits.max_inline_bytes)
+        self.queue: Fifo[QueuedReply] = Fifo()  # outstanding replies, in request order
+        self.transport: asyncio.Transport | None = None
+        self.mode: ClientMode | None = None  # None: normal mode (modes.py)
+        self.pushes = ClientPushes(self)  # this client as the holder of a lease
+        self.closing = False  # close once the queue is flushed; read nothing more
+        self.reading_paused = False
+        self.write_paused = False
+        self.peer = ""
+        self.writes: dict[str, float] | None = None  # shard -> clock() of this client's last write
+        self.request_cmd = UNKNOWN
+        self.request_time = 0.0  # perf_counter() of the read being dispatched
+
+    # -- connection events -----------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport = cast(asyncio.Transport, transport)
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer or "unix")
+        if not self.host.client_connected(self):
+            transport.write(errors.reply("too_many_clients"))
+            transport.close()
+            self.transport = None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        for slot in self.queue:
+            slot.session = None  # replies still in flight are read and dropped
+        self.queue.clear()
+        if self.mode is not None:
+            self.set_mode(NORMAL)
+        self.host.client_disconnected(self)
+
+    def eof_received(self) -> bool | None:
+        return None  # the client shut its side: close (what asyncio.Protocol does)
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        self._pause_reading()
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        self._maybe_resume_reading()
+
+    def _pause_reading(self) -> None:
+        if not self.reading_paused and self.transport is not None:
+            self.reading_paused = True
+            self.transport.pause_reading()
+
+    def _maybe_resume_reading(self) -> None:
+        if (
+            self.reading_paused
+            and not self.write_paused
+            and not self.closing
+            and self.transport is not None
+            and len(self.queue) <= self.host.limits.max_pending_per_client // 2
+        ):
+            self.reading_paused = False
+            self.transport.resume_reading()
+
+    # -- modes -----------------------------------------------------------------------------
+
+    def set_mode(self, name: str) -> None:
+        """Leave the current mode for ``name`` (the transitions are in modes.py)."""
+        old = self.mode
+        self.mode = TransactionMode() if name == TRANSACTION else None
+        if old is not None:
+            old.close()
+
+    def reset_connection(self) -> None:
+        """RESET: RESP2, no name, normal mode."""
+        self.proto = 2
+        self.name = None
+        if self.mode is not None:
+            self.set_mode(NORMAL)
+
+    # -- requests --------------------------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        if self.closing:
+            return
+        parser = self.parser
+        reqs = parser.feed(data)
+        host = self.host
+        stats = self.stats
+        stats.commands += len(reqs)
+        stats.bytes_in += len(data)
+        now = self.request_time = clock()
+        table = host.table
+        queue = self.queue
+        proto = self.proto
+        cid = self.id
+        router = host.router  # a reload swaps host.router between reads, never during one
+        ring = router.ring
+        shards = router.shards
+        direct = router.direct
+        normal = self.mode is None
+        for argv, frame in reqs:
+            spec = table.get(argv[0])
+            if spec is None:
+                spec = table.get(argv[0].lower())
+            # The hot path, inline: a command with one key at argv[1], in normal mode.
+            if normal and spec is not None and spec.single_key:
+                n = len(argv)
+                arity = spec.arity
+                if n == arity or (arity < 0 and n >= -arity):
+                    if direct:
+                        slot = QueuedReply(self, spec.index, now)
+                        queue.append(slot)
+                        shards[ring.shard_index(argv[1])].primary.connection(proto, cid).send(
+                            frame, slot
+                        )
+                    else:
+                        self.request_cmd = spec.index
+                        self.send_to_shard(ring.shard_index(argv[1]), spec.write, frame, (argv[1],))
+                    continue
+            self.request_cmd = UNKNOWN if spec is None else spec.index
+            try:
+                self.dispatch(spec, argv, frame)
+            except Exception as exc:  # a bug must not take the connection down
+                log.exception("internal error on %r", argv[0][:64])
+                self.reply_now(errors.reply("internal", detail=f"{type(exc).__name__}: {exc}"))
+            if self.closing:
+                break
+            proto = self.proto  # HELLO may have switched it
+            normal = self.mode is None  # MULTI, EXEC ... may have switched the mode
+        if parser.error is not None and not self.closing:
+            self.request_cmd = UNKNOWN
+            self.reply_now(errors.reply("protocol", detail=parser.error))
+            self.closing = True
+        if queue:
+            if queue.head().reply is not None:
+                self.flush()  # replies the proxy answered itself
+            if len(queue) > host.limits.max_pending_per_client:
+                self._pause_reading()
+        if self.closing:
+            self.flush()
+            self._pause_reading()
+
+    def dispatch(self, spec: CommandSpec | None, argv: list[bytes], frame: bytes) -> None:
+        """Every request that is not the single-key fast path."""
+        mode = self.mode
+        if mode is not None and mode.handle(self, spec, argv, frame):
+            return
+        if spec is None:
+            name = argv[0].decode("utf-8", "replace")
+            self.reply_now(
+                errors.reply("unknown_command", name=name, args=errors.quote_args(argv[1:]))
+            )
+            return
+        n = len(argv)
+        arity = spec.arity
+        if not (n == arity or (arity < 0 and n >= -arity)):
+            self.reply_now(errors.reply("arity", name=spec.name))
+            return
+        if spec.subcommands and n >= 2:
+            sub = spec.subcommands.get(argv[1].lower())
+            if sub is None:
+                self.reply_now(
+                    errors.reply(
+                        "subcommand",
+                        sub=argv[1].decode("utf-8", "replace"),
+                        name=spec.name.upper(),
+                    )
+                )
+                return
+            spec = self.host.resolve_sub(sub)
+            self.request_cmd = spec.index
+            arity = spec.arity
+            if not (n == arity or (arity < 0 and n >= -arity)):
+                self.reply_now(errors.reply("arity", name=spec.name))
+                return
+        kind = spec.kind
+        if kind == KIND_KEYED:
+            self.forward_keyed(spec, argv, frame)
+        elif kind == KIND_LOCAL:
+            self.host.builtin.handle(self, spec, argv)
+        elif kind == KIND_SPLIT:
+            self.host.fanout.split(self, spec, argv, frame)
+        elif kind == KIND_ALL:
+            self.host.fanout.all_shards(self, spec, argv, frame)
+        elif kind == KIND_ANY:
+            self.forward_any(spec, frame)
+        elif kind == KIND_MODE:
+            self.mode_command(spec)
+        elif kind == KIND_DENIED:
+            self.reply_now(errors.reply("denied", name=spec.name.replace("|", " ")))
+        else:
+            self.reply_now(errors.reply("unsupported", name=spec.name.replace("|", " ")))
+
+    def mode_command(self, spec: CommandSpec) -> None:
+        """MULTI, EXEC, DISCARD in normal mode (other modes answer them themselves)."""
+        following = next_mode(NORMAL, spec.name)
+        if following != NORMAL:
+            self.reply_now(encode.OK)
+            self.set_mode(following)
+        else:
+            self.reply_now(errors.reply(f"{spec.name}_without_multi"))
+
+    def forward_keyed(self, spec: CommandSpec, argv: list[bytes], frame: bytes) -> None:
+        if is_blocking(spec, argv):
+            self.reply_now(errors.reply("blocking", name=spec.name))
+            return
+        positions = get_keys(spec, argv)
+        router = self.host.router
+        if not positions:
+            # no key in this form of the command (e.g. a wrong numkeys): let a node answer
+            self.send_to_shard(0, spec.write, frame)
+            return
+        keys = [argv[i] for i in positions]
+        shard = router.shard_of_keys(keys)
+        if shard < 0:
+            self.reply_now(errors.reply("crossslot"))
+            return
+        self.send_to_shard(shard, spec.write, frame, keys)
+
+    def forward_any(self, spec: CommandSpec, frame: bytes) -> None:
+        router = self.host.router
+        for i, s in enumerate(router.shards):
+            if s.primary.usable:
+                self.send_to_shard(i, spec.write, frame)
+                return
+        self.send_to_shard(0, spec.write, frame)
+
+    def send_to_shard(
+        self, shard: int, write: bool, frame: bytes, keys: Sequence[bytes] = ()
+    ) -> None:
+        """Send ``frame`` to the node serving ``shard`` for a new reply in the queue."""
+        slot = QueuedReply(self, self.request_cmd, self.request_time)
+        self.queue.append(slot)
+        self.send_leg(shard, write, frame, slot, keys)
+
+    def send_leg(
+        self, shard: int, write: bool, frame: bytes, slot: ReplySlot, keys: Sequence[bytes] = ()
+    ) -> None:
+        """Send ``frame`` to ``shard``; ``slot`` (any reply slot) completes with the reply.
+        A read sent to a replica is wrapped in :class:`ReplicaRetry`: retried once on the
+        primary if the replica fails before answering."""
+        s, node = self.pick(shard, write)
+        if node is None:
+            slot.complete(self._no_replica(shard))
+        elif node is s.primary:
+            self._send(s, node, frame, slot, keys)
+        else:
+            self._send(s, node, frame, ReplicaRetry(slot, frame, s.primary, self), keys)
+
+    def _send(
+        self, s: ShardNodes[Node], node: Node, frame: bytes, slot: ReplySlot, keys: Sequence[bytes]
+    ) -> None:
+        migration = self.host.router.migration
+        if migration is not None and keys:
+            # keys that changed shard in a reload move to it first (then the primary answers,
+            # since a replica may not have the moved key yet)
+            proto, cid = self.proto, self.id
+
+            def send() -> None:
+                s.primary.connection(proto, cid).send(frame, slot)
+
+            if migration.forward(keys, s, send):
+                return
+        node.connection(self.proto, self.id).send(frame, slot)
+
+    def pick(self, shard: int, write: bool) -> tuple[ShardNodes[Node], Node | None]:
+        """The shard and the node for a request, with read-your-writes: after this client
+        writes to a shard, its reads of that shard go to the primary for a while."""
+        router = self.host.router
+        s = router.shards[shard]
+        ryw = self.host.read_your_writes
+        if not router.replica_reads:
+            return s, s.primary
+        now = self.request_time
+        if write:
+            if ryw:
+                if self.writes is None:
+                    self.writes = {}
+                self.writes[s.name] = now
+            return s, s.primary
+        recent = bool(ryw and self.writes and now - self.writes.get(s.name, -1e18) < ryw)
+        return s, router.node(shard, False, recent)
+
+    def _no_replica(self, shard: int) -> bytes:
+        return errors.reply("no_replica", shard=self.host.router.shards[shard].name)
+
+    def add_slot(self, slot: QueuedReply) -> None:
+        slot.cmd = self.request_cmd
+        slot.t0 = self.request_time
+        self.queue.append(slot)
+
+    def shard_count(self) -> int:
+        return len(self.host.router.shards)
+
+    def group_by_shard(self, keys: Sequence[bytes]) -> dict[int, list[int]]:
+        return self.host.router.group_by_shard(keys)
+
+    def reply_now(self, reply: bytes) -> None:
+        """Queue a reply the proxy has already made (it still waits for earlier ones)."""
+        self.queue.append(QueuedReply(self, self.request_cmd, self.request_time, reply))
+
+    def close_after_reply(self) -> None:
+        """QUIT: answer what was asked so far, then close."""
+        self.closing = True
+
+    # -- replies ---------------------------------------------------------------------------
+
+    def flush(self, now: float = -1.0) -> None:
+        """Write the completed replies at the head of the queue, in order, with one write.
+        ``now``: clock() when the replies were read (latency metrics), -1 to read it here."""
+        self.dirty = False
+        q = self.queue
+        # (the head is read into a local before each test: mypyc trusts mypy's narrowing of
+        # an attribute of an expression, which the popleft() below would make stale)
+        head = q.head() if q else None
+        if head is not None and head.reply is not None:
+            counters = self.counters
+            if counters is not None and now < 0:
+                now = clock()
+            first = b""
+            out: list[bytes] | None = None
+            # metrics: each reply's latency by command (the histogram's count is the command
+            # count), and errors by command. Replies of one read share t0, so runs of replies
+            # with the same command and read time are counted at once.
+            run_c = -1
+            run_t0 = 0.0
+            run_n = 0
+            while q:
+                slot = q.head()
+                done: bytes | None = slot.reply
+                if done is None:
+                    break
+                q.popleft()
+                if out is not None:
+                    out.append(done)
+                elif first:
+                    out = [first, done]
+                else:
+                    first = done
+                if counters is not None:
+                    c = slot.cmd
+                    if c < 0:
+                        continue  # a pushed frame, not a reply
+                    if done[0] == 45:  # '-': an error reply
+                        counters.errors[c] += 1
+                    if c == run_c and slot.t0 == run_t0:
+                        run_n += 1
+                        continue
+                    if run_n:
+                        counters.latency.observe_many(run_c, now - run_t0, run_n)
+                    run_c, run_t0, run_n = c, slot.t0, 1
+            if counters is not None and run_n:
+                counters.latency.observe_many(run_c, now - run_t0, run_n)
+            data = first if out is None else b"".join(out)
+            self.stats.bytes_out += len(data)
+            t = self.transport
+            if t is not None:
+                t.write(data)
+            if self.reading_paused:
+                self._maybe_resume_reading()
+        if self.closing and not q and self.transport is not None:
+            self.transport.close()
+
+    def abort(self) -> None:
+        """Drop the connection now (shutdown, after the drain timeout)."""
+        if self.transport is not None:
+            self.transport.abort()
+
+    def begin_drain(self) -> None:
+        """Shutdown: read nothing more; close once the outstanding replies are written."""
+        self.closing = True
+        self._pause_reading()
+        self.flush()

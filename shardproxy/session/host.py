@@ -1,0 +1,63 @@
+"""What a client session needs from the rest of the proxy, declared here as protocols.
+
+The composition root (``app.proxy``) provides one object satisfying :class:`SessionHost`;
+nothing in this sub-package imports it. Everything here is read per request or per read, so
+the protocol is small: the command table, the live router (replaced in one assignment by a
+reload, failover ejection or migration; never mutated during a read), limits, counters, and
+the client registry.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from shardproxy.backend.node import Node
+from shardproxy.commands.table import CommandSpec
+from shardproxy.observe.metrics import CommandCounters, Stats
+from shardproxy.routing.router import Router
+from shardproxy.session.builtin import Builtin
+from shardproxy.session.fanout import Fanout
+from shardproxy.session.registry import Client
+
+
+class Limits(Protocol):
+    """``limits`` of the topology file, as sessions read them."""
+
+    @property
+    def max_pending_per_client(self) -> int: ...
+
+    @property
+    def max_request_bytes(self) -> int: ...
+
+    @property
+    def max_inline_bytes(self) -> int: ...
+
+
+class SessionHost(Protocol):
+    """The proxy, as one client session sees it."""
+
+    #: command name (as sent, or lower case) -> spec, with the operator's denials applied
+    table: dict[bytes, CommandSpec]
+    router: Router[Node]
+
+    @property
+    def limits(self) -> Limits: ...
+
+    stats: Stats
+    #: per-command latency and error counters; None when metrics.commands is off
+    command_counters: CommandCounters | None
+    read_your_writes: float  # seconds; 0 disables
+    fanout: Fanout
+    builtin: Builtin
+
+    def next_client_id(self) -> int: ...
+
+    def client_connected(self, session: Client) -> bool:
+        """Register a new client; False if it must be refused (max_clients, draining)."""
+        ...
+
+    def client_disconnected(self, session: Client) -> None: ...
+
+    def resolve_sub(self, spec: CommandSpec) -> CommandSpec:
+        """A subcommand's spec, marked denied when it (or its container) is denied."""
+        ...
