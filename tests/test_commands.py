@@ -149,7 +149,7 @@ def test_derivation_rules_hold_for_every_spec() -> None:
             assert spec.kind == expected, spec.name  # keyless and undeclared -> refused
         if spec.kind == KIND_KEYED:
             assert spec.has_keys, spec.name
-        if spec.is_container:
+        if spec.subcommands is not None:
             assert spec.kind in (KIND_LOCAL, KIND_UNSUPPORTED), spec.name
 
 
@@ -189,7 +189,7 @@ def test_lookup_any_case_and_unknown() -> None:
 
 def test_containers_resolve_into_subcommands() -> None:
     client = COMMANDS[b"client"]
-    assert client.is_container and client.subcommands is not None
+    assert client.subcommands is not None
     assert all(name == name.lower() for name in client.subcommands)
     assert resolve([b"client", b"setname", b"x"]) is client.subcommands[b"setname"]
     assert resolve([b"CLIENT", b"SETNAME", b"x"]) is client.subcommands[b"setname"]
@@ -199,7 +199,7 @@ def test_containers_resolve_into_subcommands() -> None:
     assert client.subcommands[b"kill"].kind == KIND_UNSUPPORTED
     assert client.subcommands[b"setname"].parent == "client"
     assert spec_of("object", "encoding", "k").name == "object|encoding"
-    assert not COMMANDS[b"get"].is_container and COMMANDS[b"get"].subcommands is None
+    assert COMMANDS[b"get"].subcommands is None
     assert COMMANDS[b"config"].kind == KIND_UNSUPPORTED
 
 

@@ -148,11 +148,12 @@ def test_hash_tags() -> None:
     assert dollars.hashed_part(b"a$b$c") == b"b"
 
 
-def test_hash_key_and_empty_key() -> None:
+def test_tagged_and_empty_keys_are_placed_by_their_hashed_part() -> None:
     ring = Ring.build(_equal(3), function="murmur")
-    assert ring.hash_key(b"{abc}def") == HASH_FUNCTIONS["murmur"](b"abc")
-    assert ring.hash_key(b"") == 0
-    assert ring.hash_key(b"{}") == HASH_FUNCTIONS["murmur"](b"{}")
+    assert ring.hashed_part(b"{abc}def") == b"abc"
+    assert ring.hashed_part(b"{}") == b"{}"
+    assert ring.shard_name(b"{abc}def") == ring.shard_name(b"abc")
+    assert HASH_FUNCTIONS["murmur"](b"") == 0
     assert ring.shard_name(b"") in ring.names
 
 

@@ -13,7 +13,7 @@ from typing import Any, Protocol
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import CollectorRegistry
 
-from shardproxy.app.http import Response, Routes, json_response, text_response
+from shardproxy.app.http import Response, Routes, admin_routes, json_response
 from shardproxy.backend.node import Node
 from shardproxy.observe.metrics import Collector, Source
 from shardproxy.routing.router import Router
@@ -44,19 +44,10 @@ class ProxyAdmin:
         self.registry.register(Collector(ctx))
 
     def routes(self) -> Routes:
-        return {
-            ("GET", "/metrics"): self.metrics,
-            ("GET", "/healthz"): self.healthz,
-            ("GET", "/readyz"): self.readyz,
-            ("GET", "/topology"): self.topology,
-            ("POST", "/reload"): self.reload,
-        }
+        return admin_routes(self)
 
     async def metrics(self) -> Response:
         return Response(200, CONTENT_TYPE_LATEST, generate_latest(self.registry))
-
-    async def healthz(self) -> Response:
-        return text_response(200, "ok\n")
 
     async def readyz(self) -> Response:
         missing = [s.name for s in self.ctx.router.shards if not s.primary.usable]

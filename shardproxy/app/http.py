@@ -21,7 +21,7 @@ import json
 import logging
 import socket
 from collections.abc import Awaitable, Callable, Mapping
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 from shardproxy.config import Address
 
@@ -45,6 +45,34 @@ class Response(NamedTuple):
 Handler = Callable[[], Awaitable[Response]]
 #: (method, path) -> handler; the paths in the order the 404 answer lists them.
 Routes = Mapping[tuple[str, str], Handler]
+
+
+class AdminEndpoints(Protocol):
+    """The admin surface (the operator contract): one process's, or the supervisor's."""
+
+    async def metrics(self) -> Response: ...
+
+    async def readyz(self) -> Response: ...
+
+    async def topology(self) -> Response: ...
+
+    async def reload(self) -> Response: ...
+
+
+def admin_routes(endpoints: AdminEndpoints) -> Routes:
+    """The admin route table over ``endpoints``, in the order a 404 lists the paths."""
+    return {
+        ("GET", "/metrics"): endpoints.metrics,
+        ("GET", "/healthz"): healthz,
+        ("GET", "/readyz"): endpoints.readyz,
+        ("GET", "/topology"): endpoints.topology,
+        ("POST", "/reload"): endpoints.reload,
+    }
+
+
+async def healthz() -> Response:
+    """200 while the process serves."""
+    return text_response(200, "ok\n")
 
 
 def json_response(status: int, body: object) -> Response:

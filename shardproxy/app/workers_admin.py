@@ -29,7 +29,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
-from shardproxy.app.http import Response, Routes, json_response, text_response
+from shardproxy.app.http import Response, Routes, admin_routes, json_response
 from shardproxy.observe.metrics import BY_NAME, METRICS
 
 log = logging.getLogger("shardproxy.supervisor")
@@ -94,16 +94,7 @@ class SupervisorAdmin:
         self.pool = pool
 
     def routes(self) -> Routes:
-        return {
-            ("GET", "/metrics"): self.metrics,
-            ("GET", "/healthz"): self.healthz,
-            ("GET", "/readyz"): self.readyz,
-            ("GET", "/topology"): self.topology,
-            ("POST", "/reload"): self.reload_all,
-        }
-
-    async def healthz(self) -> Response:
-        return text_response(200, "ok\n")
+        return admin_routes(self)
 
     async def metrics(self) -> Response:
         pool = self.pool
@@ -156,7 +147,7 @@ class SupervisorAdmin:
             return Response(status, "application/json", body)
         return json_response(503, {"error": "no worker answers"})
 
-    async def reload_all(self) -> Response:
+    async def reload(self) -> Response:
         pool = self.pool
         pool.reload_file("POST /reload")
         workers, errors = [], []

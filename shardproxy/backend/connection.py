@@ -140,6 +140,8 @@ class Connection:
     compiled subclasses call each other directly)."""
 
     __slots__ = (
+        "_connecting",
+        "_flush_scheduled",
         "_handshake_left",
         "_scanner",
         "last_error",
@@ -160,6 +162,8 @@ class Connection:
         self.transport: asyncio.Transport | None = None
         self.pending: Fifo[ReplySlot] = Fifo()  # slots of requests sent or queued, in order
         self.wbuf: list[bytes] = []  # request bytes not yet written
+        self._flush_scheduled = False  # a write of wbuf is due this loop tick
+        self._connecting: asyncio.Task[None] | None = None  # the connect attempt under way
         self._scanner = replies.ReplyScanner()
         self._handshake_left = 0  # handshake replies still expected before client replies
         self.last_error = ""  # why the connection was last lost or refused ("" if never)
@@ -168,7 +172,14 @@ class Connection:
 
     def start(self) -> None:
         self.state = CONNECTING
-        self.loop.create_task(self._connect())
+        self._connecting = self.loop.create_task(self._connect())
+
+    def _cancel_connect(self) -> None:
+        """Forget a connect attempt still under way: a late connect or timeout of an attempt
+        this connection gave up on must not touch it (nor leave a socket nobody owns)."""
+        task, self._connecting = self._connecting, None
+        if task is not None and not task.done() and task is not asyncio.current_task():
+            task.cancel()
 
     async def _connect(self) -> None:
         node = self.node
@@ -184,7 +195,7 @@ class Connection:
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         transport = cast(asyncio.Transport, transport)
-        if self.state is CLOSED:
+        if self.state is not CONNECTING:  # closed, or failed while this attempt was late
             transport.close()
             return
         self.transport = transport
@@ -202,7 +213,22 @@ class Connection:
 
     def _on_ready(self) -> None:
         """READY: write what was queued while connecting (subclasses add their part)."""
-        raise NotImplementedError
+        if self.wbuf and not self._flush_scheduled:
+            self._flush_scheduled = True
+            self.loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        """Write everything queued since the last write, in one write (once per loop tick)."""
+        self._flush_scheduled = False
+        if self.state is READY and self.wbuf and self.transport is not None:
+            buf = self.wbuf
+            self.wbuf = []
+            self.node.requests += len(buf)
+            self._written(len(buf))
+            self.transport.write(b"".join(buf) if len(buf) > 1 else buf[0])
+
+    def _written(self, requests: int) -> None:
+        """``requests`` requests are being written now (a shared pipeline times them)."""
 
     def pause_writing(self) -> None:
         pass  # the node reads its replies; what it has not read waits in the kernel
@@ -287,6 +313,7 @@ class Connection:
                 reply = self._unavailable()
         if self.state is not CLOSED:
             self.state = DOWN
+        self._cancel_connect()
         transport, self.transport = self.transport, None
         if transport is not None:
             transport.abort()
@@ -319,10 +346,15 @@ class Connection:
         """Forget per-request bookkeeping (timers, write batches) before pending is failed."""
         raise NotImplementedError
 
-    def close(self) -> None:
-        """Close for good; pending requests fail."""
+    def close(self, detail: str = "node removed") -> None:
+        """Close for good; pending requests fail with an error saying why (``detail``)."""
         self.state = CLOSED
+        self._cancel_connect()
         transport, self.transport = self.transport, None
         if transport is not None:
             transport.close()
-        self._fail_pending(None)
+        self._fail_pending(
+            errors.reply(
+                "shard_closed", shard=self.node.shard, node=self.node.address, detail=detail
+            )
+        )

@@ -49,8 +49,8 @@ class Lease(Connection):
 
     __slots__ = (
         "_deadlines",
-        "_flush_scheduled",
         "_resetting",
+        "_timeouts",
         "_timer",
         "holder",
         "idle_since",
@@ -65,8 +65,8 @@ class Lease(Connection):
         self.resp2_messages = False  # RESP2 pub/sub arrays are pushes, not replies
         self.idle_since = 0.0
         self._deadlines: Fifo[float] = Fifo()  # loop time by which each pending reply is due
+        self._timeouts: Fifo[float] = Fifo()  # and the timeout each was sent with (errors)
         self._timer: asyncio.TimerHandle | None = None
-        self._flush_scheduled = False
         self._resetting = False
 
     @property
@@ -86,23 +86,11 @@ class Lease(Connection):
             timeout = self.node.settings.command_timeout
         self.pending.append(slot)
         self._deadlines.append(self.loop.time() + timeout)
+        self._timeouts.append(timeout)
         self.wbuf.append(frame)
         if self._timer is None:
             self._arm_timer()
         if state is READY and not self._flush_scheduled:
-            self._flush_scheduled = True
-            self.loop.call_soon(self._flush)
-
-    def _flush(self) -> None:
-        self._flush_scheduled = False
-        if self.state is READY and self.wbuf and self.transport is not None:
-            buf = self.wbuf
-            self.wbuf = []
-            self.node.requests += len(buf)
-            self.transport.write(b"".join(buf))
-
-    def _on_ready(self) -> None:
-        if self.wbuf and not self._flush_scheduled:
             self._flush_scheduled = True
             self.loop.call_soon(self._flush)
 
@@ -117,8 +105,9 @@ class Lease(Connection):
                 continue
             if not pending:
                 self._fail("reply without a request", kind="protocol")
-                return
+                break  # the replies before it are good: still flushed below
             self._deadlines.popleft()
+            self._timeouts.popleft()
             s = pending.popleft().complete(r)
             if s is not None and not s.dirty:
                 s.dirty = True
@@ -143,7 +132,7 @@ class Lease(Connection):
         if self.loop.time() < self._deadlines.head() - 0.001:
             self._arm_timer()
             return
-        ms = int(self.node.settings.command_timeout * 1000)
+        ms = int(self._timeouts.head() * 1000)
         err = errors.reply("shard_timeout", shard=self.node.shard, node=self.node.address, ms=ms)
         self._fail("no reply before the request's deadline", err, kind="timeout")
 
@@ -152,12 +141,13 @@ class Lease(Connection):
             self._timer.cancel()
             self._timer = None
         self._deadlines.clear()
+        self._timeouts.clear()
 
     def _after_failure(self, reason: str) -> None:
         self.pool.discard(self)  # a lease never reconnects: its state went with it
 
-    def close(self) -> None:
-        super().close()
+    def close(self, detail: str = "leased connection closed") -> None:
+        super().close(detail)
         self.pool.discard(self)
 
     # -- giving it back --------------------------------------------------------------------
@@ -168,7 +158,7 @@ class Lease(Connection):
         self.holder = None
         self.resp2_messages = False
         if self.state is not READY or self.pending or self.wbuf or self._resetting:
-            self.close()
+            self.close("given back with a reply outstanding")
             return
         frames = [RESET_FRAME, *dial.handshake(self.proto, self.node.settings.credentials)]
         self._resetting = True

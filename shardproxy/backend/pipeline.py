@@ -38,7 +38,6 @@ class Pipeline(Connection):
 
     __slots__ = (
         "_backoff",
-        "_flush_scheduled",
         "_reconnect_handle",
         "_timer",
         "batches",
@@ -49,7 +48,6 @@ class Pipeline(Connection):
         super().__init__(node, proto)
         # [requests, clock()] of each write not yet fully answered (latency metrics)
         self.batches: deque[list[Any]] = deque()
-        self._flush_scheduled = False
         self._timer: asyncio.TimerHandle | None = None  # command timeout for the oldest request
         self.head_since = 0.0  # loop time since which pending.head() has been the oldest request
         self._backoff = node.settings.backoff_min
@@ -74,29 +72,20 @@ class Pipeline(Connection):
         else:
             slot.fail(self._unavailable())
 
-    def _flush(self) -> None:
-        self._flush_scheduled = False
-        if self.state is READY and self.wbuf and self.transport is not None:
-            buf = self.wbuf
-            self.wbuf = []
-            self.node.requests += len(buf)
-            if self.node.latency is not None:
-                self.batches.append([len(buf), clock()])
-            self.transport.write(b"".join(buf) if len(buf) > 1 else buf[0])
+    def _written(self, requests: int) -> None:
+        if self.node.latency is not None:
+            self.batches.append([requests, clock()])
 
     def _on_ready(self) -> None:
         self._backoff = self.node.settings.backoff_min
         self.node.connection_up()
-        if self.wbuf and not self._flush_scheduled:
-            self._flush_scheduled = True
-            self.loop.call_soon(self._flush)
+        super()._on_ready()
 
     # -- receiving -------------------------------------------------------------------------
 
     def _deliver(self, frames: list[bytes]) -> None:
         pending = self.pending
         touched: list[Recipient] = []
-        self.head_since = self.loop.time()
         node = self.node
         done = 0
         for r in frames:
@@ -105,7 +94,7 @@ class Pipeline(Connection):
                 continue
             if not pending:
                 self._fail("reply without a request", kind="protocol")
-                return
+                break  # the replies before it are good: still flushed below
             done += 1
             if r[0] == 45 and r.startswith(b"-READONLY") and node.role == "primary":
                 if node.listener is not None:
@@ -114,6 +103,8 @@ class Pipeline(Connection):
             if s is not None and not s.dirty:
                 s.dirty = True
                 touched.append(s)
+        if done:  # a new oldest request: its timeout starts now (a push answers nothing)
+            self.head_since = self.loop.time()
         now = clock()  # one reading for this batch of replies, its latency metrics too
         if node.latency is not None:
             self._observe(done, now)
@@ -176,9 +167,9 @@ class Pipeline(Connection):
         if self.state is DOWN:
             self.start()
 
-    def close(self) -> None:
+    def close(self, detail: str = "node removed") -> None:
         """Close for good (node removed or proxy stopping); pending requests fail."""
         if self._reconnect_handle is not None:
             self._reconnect_handle.cancel()
             self._reconnect_handle = None
-        super().close()
+        super().close(detail)

@@ -191,10 +191,6 @@ class CommandSpec:
     index: int = -1  # position in iter_specs(): the metrics' per-command counter slot
 
     @property
-    def is_container(self) -> bool:
-        return self.subcommands is not None
-
-    @property
     def display_name(self) -> str:
         """Upper-case, space separated: ``GET``, ``CLIENT SETNAME``."""
         return self.name.replace("|", " ").upper()

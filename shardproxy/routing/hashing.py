@@ -19,7 +19,8 @@ distribution for them, bug for bug:
 * An empty key hashes to 0 with every function: nutcracker's pool-level hash returns 0 for a
   zero-length key before calling the function, and that is the value that places the key.
 
-The functions are on the per-request path (behind the ring's cache), so C-backed stdlib is used
+The functions are on the per-request path (compiled, the ring calls them for every key;
+interpreted, behind the ring's key cache), so C-backed stdlib is used
 where it is exactly equivalent (``hashlib.md5``, ``zlib.crc32``, ``struct``) and the byte loops are
 kept tight. This module is pure and imports nothing from the package.
 """
@@ -348,12 +349,21 @@ def hash_tag(key: bytes, tag: bytes) -> bytes:
     and enclose at least one byte, that enclosed part is hashed, otherwise the whole key. Only the
     first opening delimiter is considered: ``b"{}{a}"`` hashes whole.
     """
-    if not tag:
+    if len(tag) < 2:
         return key
-    start = key.find(tag[:1])
-    if start < 0:
-        return key
-    end = key.find(tag[1:2], start + 1)
-    if end <= start + 1:
+    return tag_part(key, tag[0], tag[1])
+
+
+def tag_part(key: bytes, open_byte: i64, close_byte: i64) -> bytes:
+    """:func:`hash_tag` with the delimiters as byte values, scanning bytes as native ints when
+    compiled (the ring calls it per request)."""
+    n: i64 = len(key)
+    start: i64 = 0
+    while start < n and key[start] != open_byte:
+        start += 1
+    end: i64 = start + 1
+    while end < n and key[end] != close_byte:
+        end += 1
+    if end >= n or end == start + 1:
         return key
     return key[start + 1 : end]

@@ -39,12 +39,19 @@ import math
 import random
 import struct
 from bisect import bisect_left
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from hashlib import md5
 
 from mypy_extensions import i64
 
-from shardproxy.routing.hashing import HASH_BITS, HASH_CODES, HASH_FUNCTIONS, hash_by_code, hash_tag
+from shardproxy.routing.hashing import (
+    HASH_BITS,
+    HASH_CODES,
+    HASH_FUNCTIONS,
+    hash_by_code,
+    hash_tag,
+    tag_part,
+)
 
 __all__ = [
     "CACHE_LIMIT",
@@ -114,7 +121,6 @@ class Ring:
         "_close_byte",
         "_distribution",
         "_function",
-        "_hash",
         "_hcode",
         "_names",
         "_nslots",
@@ -145,7 +151,6 @@ class Ring:
         self._distribution = distribution
         self._tag = tag
         # Hash function of the hashed part.
-        self._hash: Callable[[bytes], int] = HASH_FUNCTIONS[function]
         self._hcode = HASH_CODES[function]
         # Hash-tag delimiters as 1-byte strings; _open is None when tags are disabled.
         tag_bytes = tag.encode()
@@ -277,14 +282,10 @@ class Ring:
         """The part of ``key`` that is hashed (its hash-tag content, or the whole key)."""
         return hash_tag(key, self.tag.encode())
 
-    def hash_key(self, key: bytes) -> int:
-        """The 32-bit hash nutcracker computes for ``key`` (of its hashed part)."""
-        return self._hash(self.hashed_part(key))
-
     def _locate(self, key: bytes) -> int:
         """shard_index without the cache."""
         if self._open is not None:
-            key = _tagged(key, self._open_byte, self._close_byte)
+            key = tag_part(key, self._open_byte, self._close_byte)
         h: i64 = hash_by_code(self._hcode, key)
         if self._nslots:
             return self._slots[h % self._nslots]
@@ -327,20 +328,6 @@ class Ring:
 def _overlap(previous: int, last: int, space: int) -> int:
     """How many hashes ``previous + 1 .. last`` are below ``space``."""
     return max(0, min(last, space - 1) - previous)
-
-
-def _tagged(key: bytes, open_byte: i64, close_byte: i64) -> bytes:
-    """The hash-tag part of ``key`` (as hashing.hash_tag), scanning bytes as native ints."""
-    n: i64 = len(key)
-    start: i64 = 0
-    while start < n and key[start] != open_byte:
-        start += 1
-    end: i64 = start + 1
-    while end < n and key[end] != close_byte:
-        end += 1
-    if end >= n or end == start + 1:
-        return key
-    return key[start + 1 : end]
 
 
 def moved_share(old: Ring, new: Ring) -> tuple[float, dict[str, float]]:
