@@ -493,7 +493,7 @@ async def test_push_reaches_the_client_before_the_reply_it_preceded(host: FakeHo
     c = host.client()
     s = c.session
     node = host.primary("a")
-    lease = node.leases.acquire(3, s.pushes)
+    lease = node.leases.acquire(3, s.push_consumer())
     assert lease is not None
     slot = QueuedReply(s, 0, 0.0)
     s.queue.append(slot)
@@ -517,7 +517,7 @@ async def test_push_with_nothing_pending_never_overtakes_earlier_replies(
     c = host.client()
     s = c.session
     c.send([b"GET", kb])  # unanswered, on b's shared pipeline
-    lease = host.primary("a").leases.acquire(3, s.pushes)
+    lease = host.primary("a").leases.acquire(3, s.push_consumer())
     assert lease is not None
     await settle()
     lconn = host.server("a").conn
@@ -534,7 +534,7 @@ async def test_push_with_nothing_pending_never_overtakes_earlier_replies(
 
 async def test_push_for_a_client_that_left_is_dropped(host: FakeHost) -> None:
     c = host.client()
-    lease = host.primary("a").leases.acquire(3, c.session.pushes)
+    lease = host.primary("a").leases.acquire(3, c.session.push_consumer())
     assert lease is not None
     await settle()
     conn = host.server("a").conn
@@ -643,7 +643,7 @@ async def test_extra_reply_on_a_lease_still_delivers_the_replies_before_it(
 ) -> None:
     c = host.client()
     s = c.session
-    lease = host.primary("a").leases.acquire(2, s.pushes)
+    lease = host.primary("a").leases.acquire(2, s.push_consumer())
     assert lease is not None
     await settle()
     conn = host.server("a").conn

@@ -21,20 +21,8 @@ from typing import Any, TextIO
 
 import shardproxy
 from shardproxy.config import Config, ConfigError, ShardConfig, changed_settings, load
-from shardproxy.routing.ring import Ring, moved_share
-
-LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
-
-
-def build_ring(config: Config) -> Ring:
-    """The ring of ``config``: built from shard names and weights, never addresses."""
-    return Ring.build(
-        [(shard.name, shard.weight) for shard in config.shards],
-        function=config.hash.function,
-        distribution=config.hash.distribution,
-        tag=config.hash.tag,
-    )
-
+from shardproxy.observe.log import LEVELS
+from shardproxy.routing.ring import moved_share
 
 # --- output helpers ---------------------------------------------------------------------------
 
@@ -97,7 +85,7 @@ def _check(args: argparse.Namespace) -> int:
     if config is None:
         return 1
     out = sys.stdout
-    shares = build_ring(config).shares()
+    shares = config.ring().shares()
     total_weight = sum(shard.weight for shard in config.shards)
     out.write(f"{args.config}: OK\n")
     out.write(f"listen:      {', '.join(map(str, config.listen))}\n")
@@ -126,7 +114,7 @@ def _locate(args: argparse.Namespace) -> int:
     config = _load(args.config)
     if config is None:
         return 1
-    ring = build_ring(config)
+    ring = config.ring()
     found = []
     for key_text in args.keys:
         key = os.fsencode(key_text)  # the bytes the shell passed, even if not UTF-8
@@ -183,8 +171,8 @@ def _diff(args: argparse.Namespace) -> int:
         if change:
             nodes[n] = change
     settings = changed_settings(old, new)
-    old_ring = build_ring(old)
-    total, by_shard = moved_share(old_ring, build_ring(new))
+    old_ring = old.ring()
+    total, by_shard = moved_share(old_ring, new.ring())
     old_shares = old_ring.shares()
     moved = {name: by_shard.get(name, 0.0) for name in sorted(old_shards)}
 
@@ -279,7 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
     config_option(run)
     run.add_argument("--workers", type=_positive, metavar="N", help="worker processes (default: 1)")
     run.add_argument(
-        "--log-level", choices=LOG_LEVELS, default="info", metavar="L", help="one of %(choices)s"
+        "--log-level", choices=LEVELS, default="info", metavar="L", help="one of %(choices)s"
     )
 
     check = command("check", _check, "validate FILE; print shards, nodes and ring summary")

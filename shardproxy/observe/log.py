@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 
-LEVELS = ("debug", "info", "warning", "error")
+LEVELS = ("debug", "info", "warning", "error", "critical")
 
 
 def setup(level: str = "info", tag: str = "") -> None:

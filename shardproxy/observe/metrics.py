@@ -42,6 +42,8 @@ class MetricDef:
     merge: str
 
     def __post_init__(self) -> None:
+        if not self.name.startswith(PREFIX):
+            raise ValueError(f"{self.name}: every metric is named {PREFIX}...")
         if self.merge not in ("sum", "max") or (self.merge == "max" and self.type != "gauge"):
             raise ValueError(f"{self.name}: merge must be sum, or max for a gauge")
 

@@ -212,7 +212,7 @@ class Builtin:
         s.reply_now(encode.array([_command_info(spec, s.proto) for spec in _top_specs()]))
 
     def command_count(self, s: BuiltinClient, argv: list[bytes]) -> None:
-        s.reply_now(encode.integer(len(commands.COMMANDS)))
+        s.reply_now(encode.integer(commands.command_count()))
 
     def command_list(self, s: BuiltinClient, argv: list[bytes]) -> None:
         s.reply_now(encode.array([encode.bulk(_b(spec.name)) for spec in _top_specs()]))

@@ -126,6 +126,7 @@ class ClientSession(Recipient):
     reply made while dispatching it is counted as that command, read at that time."""
 
     __slots__ = (
+        "_pushes",
         "closing",
         "counters",
         "host",
@@ -136,7 +137,6 @@ class ClientSession(Recipient):
         "parser",
         "peer",
         "proto",
-        "pushes",
         "queue",
         "reading_paused",
         "request_cmd",
@@ -162,7 +162,7 @@ class ClientSession(Recipient):
         self.queue: Fifo[QueuedReply] = Fifo()  # outstanding replies, in request order
         self.transport: asyncio.Transport | None = None
         self.mode: ClientMode | None = None  # None: normal mode (modes.py)
-        self.pushes = ClientPushes(self)  # this client as the holder of a lease
+        self._pushes: ClientPushes | None = None  # made when the client first holds a lease
         self.closing = False  # close once the queue is flushed; read nothing more
         self.reading_paused = False
         self.write_paused = False
@@ -218,6 +218,13 @@ class ClientSession(Recipient):
         ):
             self.reading_paused = False
             self.transport.resume_reading()
+
+    def push_consumer(self) -> ClientPushes:
+        """This client as the holder of a lease (made on first use: most clients never hold
+        one, and an idle connection should cost as little memory as it can)."""
+        if self._pushes is None:
+            self._pushes = ClientPushes(self)
+        return self._pushes
 
     # -- modes -----------------------------------------------------------------------------
 
