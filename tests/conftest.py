@@ -6,6 +6,7 @@ ends, whatever the test did.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -17,7 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -353,3 +354,13 @@ def make_proxy(tmp_path: Path) -> Iterator[object]:
     yield make
     for p in started:
         p.stop()
+
+
+@pytest.fixture
+async def net() -> AsyncIterator[Any]:
+    """The sans-IO network (tests/sansio.py): this test's event loop dials fake servers."""
+    from tests.sansio import FakeNetwork, settle
+
+    with FakeNetwork.installed(asyncio.get_running_loop()) as n:
+        yield n
+    await settle(3)  # connects cancelled at uninstall end

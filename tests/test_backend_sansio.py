@@ -37,13 +37,6 @@ MakeNode = Callable[..., Node]
 
 
 @pytest.fixture
-async def net() -> AsyncIterator[FakeNetwork]:
-    with FakeNetwork.installed(asyncio.get_running_loop()) as n:
-        yield n
-    await settle(3)  # connects cancelled at uninstall end
-
-
-@pytest.fixture
 async def make_node(net: FakeNetwork) -> AsyncIterator[MakeNode]:
     nodes: list[Node] = []
 

@@ -5,7 +5,6 @@ Every test asserts the exact bytes a client or a node saw (harness: ``tests/sans
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Callable
 
 import pytest
@@ -16,13 +15,6 @@ from shardproxy.session.queue import QueuedReply
 from tests.sansio import FakeHost, FakeNetwork, Limits, bulk, cmd, settle, wait_until
 
 MakeHost = Callable[..., FakeHost]
-
-
-@pytest.fixture
-async def net() -> AsyncIterator[FakeNetwork]:
-    with FakeNetwork.installed(asyncio.get_running_loop()) as n:
-        yield n
-    await settle(3)  # connects cancelled at uninstall end
 
 
 @pytest.fixture
