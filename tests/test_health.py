@@ -169,7 +169,7 @@ async def test_a_node_that_never_answers_goes_down_from_unknown() -> None:
 
 def pair() -> tuple[FakeShard, FakeNode, FakeNode]:
     primary = FakeNode("10.0.0.1:6379")
-    replica = FakeNode("10.0.0.2:6379", role="replica", usable=False)  # as the runtime makes it
+    replica = FakeNode("10.0.0.2:6379", role="replica", usable=False)  # as the fleet makes it
     return FakeShard("s1", primary, (replica,)), primary, replica
 
 

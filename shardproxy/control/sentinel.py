@@ -46,7 +46,7 @@ ignored (the Sentinel that published it may be briefly unreachable while the oth
 ``SentinelFailover.ready`` is set once the first full refresh is over, for a server that wants
 to accept clients only after the primaries have been checked with Sentinel.
 
-Nodes start as the runtime makes them (a primary usable, a replica not yet) and the health
+Nodes start as the fleet makes them (a primary usable, a replica not yet) and the health
 monitor, which reads ``ctx.shards`` every round, probes them from its next round.
 """
 
@@ -221,7 +221,7 @@ class SentinelFailover(NoFailover):
     """Follows Sentinel for every shard of ``ctx`` (see the module docstring)."""
 
     def __init__(self, ctx: SentinelContext, config: Config) -> None:
-        # ctx.shards is not built yet when the runtime constructs us: read it only from start()
+        # the fleet's shards are not built yet when it constructs us: read it only from start()
         self.ctx = ctx
         sc = config.sentinel
         self.poll_interval = sc.poll_interval_ms / 1000

@@ -5,8 +5,8 @@ Prometheus exposition, ``shardproxy metrics`` and the README's metric reference 
 from it, and a test checks that every row is actually exported.
 
 The hot path never touches prometheus-client. It bumps plain integers and lists
-(:class:`CommandCounters`, :class:`Histogram`, attributes of nodes and of the runtime's stats);
-at scrape time a :class:`Collector` asks a :class:`Source` (the runtime) for the current
+(:class:`CommandCounters`, :class:`Histogram`, attributes of nodes and the process's Stats);
+at scrape time a :class:`Collector` asks a :class:`Source` (the proxy, app.proxy) for the current
 values and turns them into metric families. Label sets are bounded by the command table and
 the topology, never by keys or clients.
 
@@ -198,7 +198,7 @@ class HistogramSample:
 
 
 class Source(Protocol):
-    """Who knows the current values (the runtime): metric name -> samples."""
+    """Who knows the current values (the proxy, app.proxy): metric name -> samples."""
 
     def metric_samples(self) -> dict[str, list[Sample] | list[HistogramSample]]: ...
 
