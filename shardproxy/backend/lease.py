@@ -71,6 +71,7 @@ class Lease(Connection):
 
     @property
     def leased(self) -> bool:
+        """Lent out now (not idle in the pool, not closed)."""
         return self in self.pool.leased
 
     # -- sending ---------------------------------------------------------------------------
@@ -263,6 +264,3 @@ class LeasePool:
             self._sweep_handle = None
         for lease in [*self.leased, *self.idle]:
             lease.close()
-
-
-__all__ = ["CONNECTING", "Lease", "LeasePool", "ResetCheck"]
