@@ -24,6 +24,11 @@ fi
 # promtool and a Prometheus server for the monitoring tests (not needed by the demo)
 if [ "${SHARDPROXY_SETUP:-test}" = "test" ]; then
   command -v promtool >/dev/null 2>&1 || need+=(prometheus)
+  # systemd-analyze verifies deploy/systemd/shardproxy.service (the packaging tests)
+  command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
+  # Node and npm for the node client tests (tests/clients/node)
+  command -v node >/dev/null 2>&1 || need+=(nodejs)
+  command -v npm >/dev/null 2>&1 || need+=(npm)
 fi
 if [ "${#need[@]}" -gt 0 ]; then
   SUDO=""
@@ -63,5 +68,14 @@ if [ "${SHARDPROXY_COMPILE:-1}" != "0" ]; then
   if [ -z "$lib" ] || [ -n "$(find "$ROOT/shardproxy" "$ROOT/setup.py" -name '*.py' -newer "$lib" | head -n 1)" ]; then
     echo "compiling the per-request modules (mypyc, about 30 s)" >&2
     "$VENV/bin/python" -m pip install -q --no-deps -e "$ROOT"
+  fi
+fi
+# The node client libraries the tests drive (versions pinned by tests/clients/node's lockfile)
+if [ "${SHARDPROXY_SETUP:-test}" = "test" ]; then
+  NODE_DIR="$ROOT/tests/clients/node"
+  if [ ! -d "$NODE_DIR/node_modules" ] || [ "$NODE_DIR/package-lock.json" -nt "$NODE_DIR/node_modules" ]; then
+    echo "installing the node client libraries (npm ci)" >&2
+    (cd "$NODE_DIR" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+    touch "$NODE_DIR/node_modules"
   fi
 fi

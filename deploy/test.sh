@@ -17,5 +17,6 @@ cd "$ROOT"
 if [ "$#" -eq 0 ]; then
   SHARDPROXY_PURE=1 "$VENV/bin/python" -m pytest -q tests/test_build.py tests/test_fifo.py tests/test_resp.py \
     tests/test_hashing.py tests/test_ring.py tests/test_commands.py tests/test_proxy.py \
-    tests/test_session_sansio.py tests/test_backend_sansio.py tests/test_modes.py
+    tests/test_session_sansio.py tests/test_backend_sansio.py tests/test_modes.py \
+    tests/test_transaction_sansio.py
 fi

@@ -39,6 +39,7 @@ from shardproxy.session.builtin import Builtin
 from shardproxy.session.client import ClientSession
 from shardproxy.session.fanout import Fanout
 from shardproxy.session.registry import ClientRegistry
+from shardproxy.session.scripts import Scripts
 
 Arg = bytes | str | int
 
@@ -378,6 +379,7 @@ class FakeHost:
         replicas: int = 0,
         read_policy: str = "primary",
         read_your_writes: float = 0.0,
+        per_shard_transactions: bool = False,
     ) -> None:
         self.net = net
         self.loop = net.loop
@@ -390,6 +392,8 @@ class FakeHost:
         self.fanout = Fanout()
         self.telemetry = TelemetryStub()
         self.builtin = Builtin(self.fanout, self.telemetry)
+        self.scripts = Scripts(self.fanout, 1024 * 1024)
+        self.per_shard_transactions = per_shard_transactions
         self.registry = ClientRegistry(self.stats, self.limits.max_clients)
         ring = Ring.build([(n, 1) for n in names])
         self.nodes: list[Node] = []

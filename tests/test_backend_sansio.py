@@ -424,48 +424,6 @@ async def test_lease_release_resets_and_the_same_lease_comes_back(
     assert reply_of(s2) == b"+PONG\r\n"
 
 
-async def test_lease_released_with_a_reply_outstanding_is_closed(
-    net: FakeNetwork, make_node: MakeNode
-) -> None:
-    node = make_node()
-    pool = node.leases
-    lease, conn = await ready_lease(net, node)
-    s = slot()
-    lease.send(cmd("BLPOP", "q", "0"), s, timeout=5.0)
-    await settle()
-    assert conn.take() == cmd("BLPOP", "q", "0")
-    lease.release()
-    assert conn.transport.closed
-    assert lease.state == CLOSED
-    assert pool.open_count() == 0
-    assert reply_of(s) == errors.reply(
-        "shard_closed", shard="s1", node=ADDRESS, detail="given back with a reply outstanding"
-    )
-    await settle()
-    assert conn.take() == b""  # no RESET was sent
-
-    fresh = pool.acquire(2, None)
-    assert fresh is not None and fresh is not lease
-    await settle()
-    assert len(server(net).conns) == 2
-    assert fresh.state == READY
-
-
-async def test_lease_released_while_connecting_is_closed(
-    net: FakeNetwork, make_node: MakeNode
-) -> None:
-    node = make_node()
-    lease = node.leases.acquire(2, None)
-    assert lease is not None and lease.state == CONNECTING
-    lease.release()
-    assert lease.state == CLOSED
-    assert node.leases.open_count() == 0
-    await settle()
-    # the connect completed after the close: the transport is closed at once, nothing sent
-    assert [c.transport.closed for c in server(net).conns] in ([], [True])
-    assert server(net).received == b""
-
-
 @pytest.mark.parametrize(
     "answer",
     [

@@ -100,3 +100,28 @@ def test_quick_benchmark_writes_results_and_leaves_nothing_running(tmp_path: Pat
         time.sleep(0.1)
         alive = [p for p in alive if _running(p["pid"], p["start_time"])]
     assert not alive, f"still running after the benchmark exited: {alive}"
+
+
+def test_transaction_benchmark_runs_and_reports_the_ratio() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.transactions", "--quick", "--seconds", "0.5"],
+        cwd=REPO,
+        env=dict(os.environ, PYTHONPATH=str(REPO)),
+        capture_output=True,
+        text=True,
+        timeout=100,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:] + done.stdout[-3000:]
+    out = done.stdout
+    rates = {
+        name: float(line.split("median")[1].split("tx/s")[0])
+        for line in out.splitlines()
+        for name in ("direct", "shardproxy")
+        if line.strip().startswith(name) and "median" in line
+    }
+    assert rates["direct"] > 0 and rates["shardproxy"] > 0, out
+    ratio = float(out.split("shardproxy/direct: ")[1].split("x")[0])
+    assert ratio == pytest.approx(rates["shardproxy"] / rates["direct"], abs=0.01)
+    connections = int(out.split("through the proxy: ")[1].split()[0])
+    assert 0 < connections <= 3 * 50  # leases are pooled: at most one per client per primary

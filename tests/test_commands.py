@@ -19,6 +19,8 @@ from shardproxy.commands.table import (
     KIND_KEYED,
     KIND_LOCAL,
     KIND_MODE,
+    KIND_NODES,
+    KIND_SCRIPT,
     KIND_SPLIT,
     KIND_UNSUPPORTED,
     KINDS,
@@ -75,9 +77,46 @@ def test_all_shard_commands(name: str, merge: str, write: bool) -> None:
     assert (spec.kind, spec.merge, spec.write) == (KIND_ALL, merge, write)
 
 
-def test_any_shard_is_only_time() -> None:
-    assert [s.name for s in iter_specs() if s.kind == KIND_ANY] == ["time"]
+def test_any_shard_is_time_and_the_function_and_script_readers() -> None:
+    assert sorted(s.name for s in iter_specs() if s.kind == KIND_ANY) == [
+        "function|dump", "function|help", "function|list", "function|stats", "script|help",
+        "time",
+    ]  # fmt: skip
     assert spec_of("time").merge is None
+
+
+@pytest.mark.parametrize(
+    ("argv", "write"),
+    [(["eval", "s", "0"], True), (["evalsha", "x", "0"], True), (["fcall", "f", "0"], True),
+     (["eval_ro", "s", "0"], False), (["evalsha_ro", "x", "0"], False),
+     (["fcall_ro", "f", "0"], False)],
+)  # fmt: skip
+def test_scripts_route_by_key_and_write_unless_read_only(argv: list[str], write: bool) -> None:
+    spec = spec_of(*argv)
+    assert (spec.kind, spec.write, spec.queueable) == (KIND_SCRIPT, write, True)
+
+
+@pytest.mark.parametrize(
+    ("argv", "kind", "merge"),
+    [(["script", "load", "x"], KIND_NODES, "same"), (["script", "flush"], KIND_NODES, "same"),
+     (["script", "exists", "x"], KIND_NODES, "and"), (["script", "kill"], KIND_NODES, "killed"),
+     (["function", "kill"], KIND_NODES, "killed"), (["function", "load", "x"], KIND_ALL, "same"),
+     (["function", "delete", "x"], KIND_ALL, "same"), (["function", "flush"], KIND_ALL, "same"),
+     (["function", "restore", "x"], KIND_ALL, "same"), (["function", "list"], KIND_ANY, None)],
+)  # fmt: skip
+def test_script_cache_and_function_commands(argv: list[str], kind: str, merge: str | None) -> None:
+    spec = spec_of(*argv)
+    assert (spec.kind, spec.merge, spec.queueable) == (kind, merge, kind == KIND_ANY)
+
+
+def test_what_a_transaction_queues() -> None:
+    queued = {s.name for s in iter_specs() if s.queueable}
+    assert {"get", "set", "mget", "del", "time", "ping", "echo", "eval", "blpop"} <= queued
+    assert not queued & {"info", "dbsize", "keys", "client|id", "multi", "watch", "hello",
+                         "subscribe", "script|load", "function|load", "select", "auth"}  # fmt: skip
+    for spec in iter_specs():
+        if "no_multi" in spec.flags:
+            assert not spec.queueable, spec.name
 
 
 def test_local_commands() -> None:
@@ -98,13 +137,12 @@ def test_local_commands() -> None:
      ["slowlog", "get"], ["latency", "latest"], ["swapdb", "0", "1"], ["move", "k", "1"],
      ["migrate", "h", "1", "k", "0", "5"], ["wait", "0", "0"], ["role"], ["lolwut"],
      ["memory", "stats"], ["memory", "doctor"], ["object", "help"],
-     ["watch", "k"], ["unwatch"], ["blpop", "k", "0"], ["brpop", "k", "0"],
+     ["blpop", "k", "0"], ["brpop", "k", "0"],
      ["brpoplpush", "a", "b", "0"], ["blmove", "a", "b", "left", "left", "0"],
      ["blmpop", "0", "1", "k", "left"], ["bzpopmin", "k", "0"], ["bzpopmax", "k", "0"],
      ["bzmpop", "0", "1", "k", "min"], ["subscribe", "c"], ["psubscribe", "c*"],
      ["ssubscribe", "c"], ["publish", "c", "m"], ["spublish", "c", "m"],
-     ["pubsub", "channels"], ["eval", "return 1", "0"], ["evalsha", "x", "0"],
-     ["script", "load", "x"], ["fcall", "f", "0"], ["function", "list"], ["readonly"],
+     ["pubsub", "channels"], ["script", "debug", "yes"], ["readonly"],
      ["readwrite"], ["asking"], ["pfselftest"], ["pfdebug", "getreg", "k"],
      ["client", "kill", "id", "1"], ["client", "list"], ["client", "pause", "1"],
      ["client", "tracking", "on"], ["xgroup", "help"], ["module", "list"], ["failover"]],
@@ -113,9 +151,9 @@ def test_refused(argv: list[str]) -> None:
     assert spec_of(*argv).kind == KIND_UNSUPPORTED
 
 
-@pytest.mark.parametrize("name", ["multi", "exec", "discard"])
+@pytest.mark.parametrize("name", ["multi", "exec", "discard", "watch", "unwatch"])
 def test_mode_commands_change_the_client_mode(name: str) -> None:
-    """MULTI, EXEC and DISCARD are the session's mode table's to answer (session.modes)."""
+    """MULTI, EXEC, DISCARD, WATCH, UNWATCH are the session's mode table's to answer."""
     assert spec_of(name).kind == KIND_MODE
 
 
@@ -138,9 +176,12 @@ def test_keyed(argv: list[str], write: bool) -> None:
 def test_derivation_rules_hold_for_every_spec() -> None:
     for spec in iter_specs():
         assert spec.kind in KINDS
-        assert (spec.merge is not None) == (spec.kind in (KIND_SPLIT, KIND_ALL)), spec.name
+        assert (spec.merge is not None) == (spec.kind in (KIND_SPLIT, KIND_ALL, KIND_NODES)), (
+            spec.name
+        )
         assert spec.merge is None or spec.merge in MERGES
-        assert spec.write == ("write" in spec.flags)
+        script_write = spec.kind == KIND_SCRIPT and "readonly" not in spec.flags
+        assert spec.write == ("write" in spec.flags or script_write)
         if spec.name not in POLICY:
             parent_refused = spec.parent is not None and POLICY.get(spec.parent, ("",))[0] == (
                 KIND_UNSUPPORTED
@@ -262,7 +303,7 @@ def test_markdown_table_lists_every_leaf_once() -> None:
     table = markdown_table()
     lines = table.splitlines()
     assert lines[0] == "| how | count | commands |"
-    assert len(lines) == 2 + 8
+    assert len(lines) == 2 + 10
     for specs in specs_by_kind().values():
         for spec in specs:
             assert table.count(f"`{spec.display_name}`") == 1, spec.name

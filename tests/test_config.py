@@ -493,6 +493,8 @@ def test_reference_markdown_lists_every_key() -> None:
         "migration.copy",
         "migration.rate",
         "metrics.commands",
+        "transactions.cross_shard",
+        "scripts.cache_bytes",
         "deny_commands",
     ]
     assert "| `timeouts.command_ms` | positive integer | `1000` |" in text

@@ -179,9 +179,8 @@ def test_unknown_then_ping_same_connection(proxy: Proxy) -> None:
     "command,expected",
     [
         ("CONFIG GET maxmemory", b"-ERR command 'config get' is not supported by shardproxy\r\n"),
-        ("WATCH k", b"-ERR command 'watch' is not supported by shardproxy\r\n"),
         ("SUBSCRIBE ch", b"-ERR command 'subscribe' is not supported by shardproxy\r\n"),
-        ("EVAL x 0", b"-ERR command 'eval' is not supported by shardproxy\r\n"),
+        ("SCRIPT DEBUG YES", b"-ERR command 'script debug' is not supported by shardproxy\r\n"),
         ("BLPOP q 0", b"-ERR command 'blpop' is not supported by shardproxy\r\n"),
         (
             "XREAD BLOCK 0 STREAMS s $",

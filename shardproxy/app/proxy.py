@@ -28,6 +28,7 @@ from shardproxy.routing.router import Router
 from shardproxy.session.builtin import Builtin
 from shardproxy.session.fanout import Fanout
 from shardproxy.session.registry import Client, ClientRegistry
+from shardproxy.session.scripts import Scripts
 
 
 def failover_strategy(config: Config, worker: int) -> Callable[[Fleet], Failover]:
@@ -71,8 +72,11 @@ class Proxy:
         )
         self.health = self.fleet.health
         self.registry = ClientRegistry(self.stats, config.limits.max_clients)
-        self.telemetry = Telemetry(self.fleet, self.registry, self.stats, counters, time.time())
         self.fanout = Fanout()
+        self.scripts = Scripts(self.fanout, config.scripts.cache_bytes)
+        self.telemetry = Telemetry(
+            self.fleet, self.registry, self.stats, counters, time.time(), self.scripts.registry
+        )
         self.builtin = Builtin(self.fanout, self.telemetry)
 
     def _configure(self, config: Config) -> None:
@@ -81,6 +85,7 @@ class Proxy:
         self.deny = config.deny_commands
         self.table = commands.lookup_table(self.deny)
         self.read_your_writes = config.read_your_writes_ms / 1000
+        self.per_shard_transactions = config.transactions.cross_shard == "per-shard"
 
     def _set_router(self, router: Router[Node]) -> None:
         self.router = router
@@ -126,6 +131,7 @@ class Proxy:
         """Switch to a new, already validated topology in one step (see Fleet.apply)."""
         self._configure(new)
         self.registry.max_clients = new.limits.max_clients
+        self.scripts.registry.limit = new.scripts.cache_bytes
         return self.fleet.apply(new)
 
     def close(self) -> None:

@@ -6,6 +6,9 @@
                         │                                  problems logged with key paths
                         valid
                         ▼
+               copy_libraries   function libraries onto the shards it adds (libraries.py)
+                        │
+                        ▼
                Proxy.apply(new)   one swap: ring, routing, nodes; kept nodes keep their
                         │                connections; removed nodes close once drained
                         ▼
@@ -22,6 +25,7 @@ import logging
 from typing import Any, Protocol
 
 from shardproxy.config import Config, ConfigError, load
+from shardproxy.control.libraries import copy_libraries
 from shardproxy.observe.metrics import Stats
 
 log = logging.getLogger("shardproxy.reload")
@@ -32,6 +36,11 @@ class Proxy(Protocol):
 
     @property
     def stats(self) -> Stats: ...
+
+    @property
+    def config(self) -> Config:
+        """The topology running now."""
+        ...
 
     def apply(self, new: Config) -> dict[str, Any]: ...
 
@@ -68,6 +77,7 @@ class Reloader:
                     "\n  ".join(exc.problems),
                 )
                 return {"result": "failure", "errors": exc.problems}
+            libraries = await copy_libraries(self.ctx.config, new)
             try:
                 changes = self.ctx.apply(new)
             except Exception as exc:  # a bug: refuse rather than half-apply
@@ -75,6 +85,8 @@ class Reloader:
                 log.exception("reload (%s) failed while applying", trigger)
                 return {"result": "failure", "errors": [f"internal error: {exc}"]}
             stats.reloads["success"] += 1
+            if libraries:
+                changes["function_libraries"] = libraries
             log.info("reload (%s) applied: %s", trigger, changes)
             for path in changes["restart_required"]:
                 log.warning("reload: %s changed but takes effect only after a restart", path)

@@ -18,6 +18,7 @@ from shardproxy.control.fleet import Fleet
 from shardproxy.observe import metrics
 from shardproxy.session.builtin import process_info
 from shardproxy.session.registry import ClientRegistry
+from shardproxy.session.scripts import ScriptRegistry
 
 
 @functools.cache
@@ -36,8 +37,10 @@ class Telemetry:
         stats: metrics.Stats,
         command_counters: metrics.CommandCounters,
         start_time: float,
+        scripts: ScriptRegistry,
     ) -> None:
         self.fleet = fleet
+        self.scripts = scripts
         self.registry = registry
         self.stats = stats
         self.command_counters = command_counters
@@ -75,6 +78,9 @@ class Telemetry:
                         "backend_errors",
                         sum(sum(n.errors.values()) for n in self.fleet.nodes.values()),
                     ),
+                    ("total_transactions_started", st.transactions_started),
+                    *((f"transactions_{k}", v) for k, v in st.transactions.items()),
+                    ("noscript_recoveries", st.noscript_recoveries),
                 ],
             ),
             (
@@ -86,6 +92,11 @@ class Telemetry:
                         f"{self.fleet.config.hash.function}/{self.fleet.config.hash.distribution}",
                     ),
                     ("read_policy", router.policy),
+                    (
+                        "leased_connections",
+                        sum(len(n.leases.leased) for n in self.fleet.nodes.values()),
+                    ),
+                    ("scripts_cached", len(self.scripts)),
                 ],
             ),
             ("Shards", shards),
@@ -149,6 +160,11 @@ class Telemetry:
             "shardproxy_client_sent_bytes_total": [S((), st.bytes_out)],
             "shardproxy_failovers_total": [S(k, v) for k, v in st.failovers.items()],
             "shardproxy_config_reloads_total": [S((k,), v) for k, v in st.reloads.items()],
+            "shardproxy_transactions_started_total": [S((), st.transactions_started)],
+            "shardproxy_transactions_total": [S((k,), v) for k, v in st.transactions.items()],
+            "shardproxy_scripts_cached": [S((), len(self.scripts))],
+            "shardproxy_script_cache_bytes": [S((), self.scripts.size)],
+            "shardproxy_noscript_recoveries_total": [S((), st.noscript_recoveries)],
         }
         m = self.fleet.migration
         out["shardproxy_migration_active"] = [S((), 1 if m is not None and not m.finished else 0)]
@@ -183,6 +199,14 @@ class Telemetry:
                 errs.append(S((node.shard, node.address, kind), n))
             if node.role == "replica" and node.lag_bytes is not None:
                 lag.append(S((node.shard, node.address), node.lag_bytes))
+        leases, refusals = [], []
+        for node in self.fleet.nodes.values():
+            pool = node.leases
+            leases.append(S((node.shard, node.address, "in_use"), len(pool.leased)))
+            leases.append(S((node.shard, node.address, "idle"), len(pool.idle)))
+            refusals.append(S((node.shard, node.address), pool.refused))
+        out["shardproxy_backend_leased_connections"] = leases
+        out["shardproxy_backend_lease_refusals_total"] = refusals
         out["shardproxy_backend_requests_total"] = req
         out["shardproxy_backend_pending_requests"] = pend
         out["shardproxy_backend_up"] = up

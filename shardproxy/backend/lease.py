@@ -7,20 +7,27 @@ commands. It goes on a :class:`Lease`: taken from the node's :class:`LeasePool` 
 
 Life of a lease::
 
-                acquire()                      release(), nothing pending
+                acquire()                 release(): once nothing is pending
     (new/idle) ───────────▶ LEASED ──────────────────────────────────────▶ RESETTING
-        ▲                     │                                                │
-        │                     │ failure, deadline passed,                      │ +RESET and the
-        │                     │ or release() with replies outstanding          │ handshake again
-        │                     ▼                                                ▼
-        │                   CLOSED ◀──────────── any reply not as expected ── (ok)
-        └──────────────────────────────── idle in the pool ◀────────────────────┘
+        ▲                     │   │                                            │
+        │                     │   │ release(clean=True), once nothing          │ +RESET and the
+        │                     │   │ is pending (state known to be fresh)       │ handshake again
+        │                     │   └───────────────────────────────────────┐    ▼
+        │    failure, deadline│passed                                     │  (ok)
+        │                     ▼                                           ▼    │
+        │                   CLOSED ◀──────── any reset reply not as expected   │
+        └──────────────────────────────── idle in the pool ◀───────────────────┘
                                             (closed after backend lease_idle)
 
 A lease is reset (``RESET``, which also drops the authentication and the protocol, so the
-handshake is sent again) before another client gets it, and closed instead whenever its state
-is not known: a request still unanswered, a failed reset, a lost connection. It is never
-handed out in an unknown state, and never reconnects by itself. Each request has its own
+handshake is sent again) before another client gets it, unless its holder releases it
+``clean``: the holder vouches that what it sent leaves the connection as the handshake left
+it (a transaction's ``MULTI ... EXEC``, once EXEC is answered, does), which saves the reset's
+round trip. Released with replies still outstanding, a lease waits for them (the holder's
+slots are still completed, their recipient may have gone) and is given back after the last.
+A holder that wants what is outstanding cancelled (a blocked client that left) closes the
+lease instead. It is closed whenever its state is not known: a failed reset, a lost
+connection, a deadline passed. It is never handed out in an unknown state, and never reconnects by itself. Each request has its own
 deadline (``timeouts.command_ms`` unless the caller gives one, as a blocking command does);
 when it passes, the pending requests fail with a timeout error and the lease is closed. At
 most ``backend.max_leases`` leases per node are open; beyond that ``acquire`` says no and the
@@ -49,6 +56,7 @@ class Lease(Connection):
 
     __slots__ = (
         "_deadlines",
+        "_release_when_idle",
         "_resetting",
         "_timeouts",
         "_timer",
@@ -68,6 +76,7 @@ class Lease(Connection):
         self._timeouts: Fifo[float] = Fifo()  # and the timeout each was sent with (errors)
         self._timer: asyncio.TimerHandle | None = None
         self._resetting = False
+        self._release_when_idle = 0  # 1: reset, 2: clean, once nothing is pending
 
     @property
     def leased(self) -> bool:
@@ -95,6 +104,13 @@ class Lease(Connection):
             self._flush_scheduled = True
             self.loop.call_soon(self._flush)
 
+    def _on_ready(self) -> None:
+        super()._on_ready()
+        if self._release_when_idle and not self.pending and not self.wbuf:
+            clean = self._release_when_idle == 2
+            self._release_when_idle = 0
+            self._give_back(clean)
+
     # -- receiving -------------------------------------------------------------------------
 
     def _deliver(self, frames: list[bytes]) -> None:
@@ -120,6 +136,10 @@ class Lease(Connection):
             self._arm_timer()
         for s in touched:
             s.flush()
+        if self._release_when_idle and not pending and self.state is READY:
+            clean = self._release_when_idle == 2
+            self._release_when_idle = 0
+            self._give_back(clean)
 
     # -- deadlines and failures ------------------------------------------------------------
 
@@ -145,6 +165,7 @@ class Lease(Connection):
         self._timeouts.clear()
 
     def _after_failure(self, reason: str) -> None:
+        self._release_when_idle = 0
         self.pool.discard(self)  # a lease never reconnects: its state went with it
 
     def close(self, detail: str = "leased connection closed") -> None:
@@ -153,13 +174,23 @@ class Lease(Connection):
 
     # -- giving it back --------------------------------------------------------------------
 
-    def release(self) -> None:
-        """The holder is done with the lease. It is reset and put back in the pool when its
-        state is known (connected, nothing unanswered), closed otherwise."""
+    def release(self, clean: bool = False) -> None:
+        """The holder is done with the lease. It is reset (or, ``clean``, not) and put back
+        in the pool once the replies still outstanding have come; closed if it is not
+        connected. ``clean``: the holder vouches the connection is as the handshake left it."""
         self.holder = None
         self.resp2_messages = False
-        if self.state is not READY or self.pending or self.wbuf or self._resetting:
-            self.close("given back with a reply outstanding")
+        if self._resetting or (self.state is not READY and self.state is not CONNECTING):
+            self.close("given back in an unknown state")
+            return
+        if self.pending or self.wbuf or self.state is not READY:
+            self._release_when_idle = 2 if clean else 1
+            return
+        self._give_back(clean)
+
+    def _give_back(self, clean: bool) -> None:
+        if clean:
+            self.pool.put_back(self)
             return
         frames = [RESET_FRAME, *dial.handshake(self.proto, self.node.settings.credentials)]
         self._resetting = True
@@ -205,10 +236,11 @@ class ResetCheck(ReplySlot):
 class LeasePool:
     """The leased connections of one node: those lent out and those idle, both protocols."""
 
-    __slots__ = ("_sweep_handle", "idle", "leased", "node")
+    __slots__ = ("_sweep_handle", "idle", "leased", "node", "refused")
 
     def __init__(self, node: NodeBase) -> None:
         self.node = node
+        self.refused = 0  # acquire() calls turned down at backend.max_leases
         self.leased: set[Lease] = set()
         self.idle: list[Lease] = []  # reset and ready, most recently returned last
         self._sweep_handle: asyncio.TimerHandle | None = None
@@ -226,6 +258,7 @@ class LeasePool:
                 break
         else:
             if self.open_count() >= self.node.settings.max_leases:
+                self.refused += 1
                 return None
             lease = Lease(self.node, proto, self)
             lease.start()

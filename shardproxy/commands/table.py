@@ -43,11 +43,19 @@ KIND_SPLIT: Final = "split"  # MGET MSET DEL UNLINK EXISTS TOUCH: split per shar
 KIND_ALL: Final = "all"  # every shard's primary, merged: DBSIZE KEYS SCAN RANDOMKEY FLUSHDB ...
 KIND_ANY: Final = "any"  # no key, any one shard (TIME)
 KIND_LOCAL: Final = "local"  # answered by the proxy itself
-KIND_MODE: Final = "mode"  # changes the client's mode (session.modes): MULTI EXEC DISCARD
+KIND_MODE: Final = "mode"  # changes the client's mode (session.modes): MULTI EXEC WATCH ...
+KIND_SCRIPT: Final = "script"  # EVAL EVALSHA FCALL (+ _RO): by declared keys (session.scripts)
+KIND_NODES: Final = "nodes"  # SCRIPT LOAD ...: every node a script may run on, merged
 KIND_UNSUPPORTED: Final = "unsupported"  # -ERR command 'x' is not supported by shardproxy
 KINDS: Final = (
-    KIND_KEYED, KIND_SPLIT, KIND_ALL, KIND_ANY, KIND_LOCAL, KIND_MODE, KIND_UNSUPPORTED,
+    KIND_KEYED, KIND_SPLIT, KIND_ALL, KIND_ANY, KIND_LOCAL, KIND_MODE, KIND_SCRIPT, KIND_NODES,
+    KIND_UNSUPPORTED,
 )  # fmt: skip
+#: kinds whose commands a transaction queues (they run on the transaction's shard)
+QUEUEABLE_KINDS: Final = frozenset({KIND_KEYED, KIND_SPLIT, KIND_ANY, KIND_SCRIPT})
+#: commands the proxy answers itself that a transaction queues instead (so that EXEC's array
+#: has their replies in place)
+QUEUEABLE_LOCAL: Final = frozenset({"ping", "echo"})
 KIND_DENIED: Final = "denied"  # not in POLICY_TABLE: what deny_commands makes of a command
 
 # merge rules (fanout implements them)
@@ -57,7 +65,13 @@ MERGE_SUM: Final = "sum"  # DEL UNLINK EXISTS TOUCH DBSIZE: sum of the integer r
 MERGE_CONCAT: Final = "concat"  # KEYS: concatenation of the arrays
 MERGE_SCAN: Final = "scan"  # SCAN: a cursor that walks the shards one after another
 MERGE_RANDOM: Final = "random"  # RANDOMKEY: a non-nil answer from some shard
-MERGES: Final = (MERGE_ARRAY, MERGE_OK, MERGE_SUM, MERGE_CONCAT, MERGE_SCAN, MERGE_RANDOM)
+MERGE_SAME: Final = "same"  # SCRIPT LOAD, FUNCTION LOAD ...: every node the same reply
+MERGE_AND: Final = "and"  # SCRIPT EXISTS: element-wise AND of the nodes' 0/1 arrays
+MERGE_KILLED: Final = "killed"  # SCRIPT KILL, FUNCTION KILL: +OK if some node stopped one
+MERGES: Final = (
+    MERGE_ARRAY, MERGE_OK, MERGE_SUM, MERGE_CONCAT, MERGE_SCAN, MERGE_RANDOM, MERGE_SAME,
+    MERGE_AND, MERGE_KILLED,
+)  # fmt: skip
 
 # ---------------------------------------------------------------------------------------------
 # The policy table: how the proxy treats commands.  Names are space separated, lower case;
@@ -94,17 +108,26 @@ POLICY_TABLE: Final[tuple[tuple[str, str, str | None], ...]] = (
      "bgrewriteaof lastsave sync psync replconf acl module slowlog latency "
      "failover swapdb move migrate wait waitaof role lolwut memory "
      "object|help restore-asking",                                   KIND_UNSUPPORTED, None),
-    # -- client modes (session.modes): a transaction is entered and left, nothing runs yet
-    ("multi exec discard",                                           KIND_MODE,        None),
-    # -- refused: optimistic locking (needs transactions on a leased connection)
-    ("watch unwatch",                                                KIND_UNSUPPORTED, None),
+    # -- client modes (session.modes): transactions and optimistic locking, on a lease
+    ("multi exec discard watch unwatch",                             KIND_MODE,        None),
+    # -- scripts and functions: routed by their declared keys (session.scripts)
+    ("eval evalsha eval_ro evalsha_ro fcall fcall_ro",               KIND_SCRIPT,      None),
+    # -- the script cache of every node a script may run on (replicas too when reads go there)
+    ("script|load script|flush",                                     KIND_NODES,       MERGE_SAME),
+    ("script|exists",                                                KIND_NODES,       MERGE_AND),
+    ("script|kill function|kill",                                    KIND_NODES,       MERGE_KILLED),
+    # -- function libraries: every primary (replicas get them by replication)
+    ("function|load function|delete function|flush function|restore", KIND_ALL,        MERGE_SAME),
+    # -- read from any one shard
+    ("function|list function|dump function|stats function|help "
+     "script|help",                                                  KIND_ANY,         None),
     # -- refused: blocking commands (XREAD/XREADGROUP: see is_blocking)
     ("blpop brpop brpoplpush blmove blmpop bzpopmin bzpopmax bzmpop",  KIND_UNSUPPORTED, None),
     # -- refused: pub/sub
     ("subscribe unsubscribe psubscribe punsubscribe ssubscribe sunsubscribe "
      "publish spublish pubsub",                                      KIND_UNSUPPORTED, None),
-    # -- refused: scripting and functions
-    ("eval evalsha eval_ro evalsha_ro script fcall fcall_ro function", KIND_UNSUPPORTED, None),
+    # -- refused: the script debugger (it takes the node's connection over)
+    ("script function script|debug",                                KIND_UNSUPPORTED, None),
     # -- refused: cluster client protocol, HyperLogLog internals
     ("readonly readwrite asking pfselftest pfdebug",                 KIND_UNSUPPORTED, None),
 )
@@ -118,8 +141,10 @@ def _policy_from_table(
     for names, kind, merge in table:
         if kind not in KINDS or (merge is not None and merge not in MERGES):
             raise ValueError(f"POLICY_TABLE: bad kind/merge {kind!r}/{merge!r} for {names!r}")
-        if (merge is None) == (kind in (KIND_SPLIT, KIND_ALL)):
-            raise ValueError(f"POLICY_TABLE: {names!r}: split/all need a merge rule, others none")
+        if (merge is None) == (kind in (KIND_SPLIT, KIND_ALL, KIND_NODES)):
+            raise ValueError(
+                f"POLICY_TABLE: {names!r}: split/all/nodes need a merge rule, others none"
+            )
         for name in names.split():
             if name in policy:
                 raise ValueError(f"POLICY_TABLE: {name!r} is listed twice")
@@ -188,6 +213,8 @@ class CommandSpec:
     deprecated_since: str
     replaced_by: str
     parent: str | None  # container name for subcommands ("client"), else None
+    queueable: bool  # a transaction queues it (QUEUEABLE_KINDS, QUEUEABLE_LOCAL, blocking ones;
+    # never no_multi ones)
     index: int = -1  # position in iter_specs(): the metrics' per-command counter slot
 
     @property
@@ -242,7 +269,8 @@ def _build(row: Sequence[Any], parent: str | None) -> CommandSpec:
         name=name,
         arity=arity,
         flags=frozenset(flags),
-        write="write" in flags,
+        # a script may write unless it is a _RO form: its writes must reach the primary
+        write="write" in flags or (kind == KIND_SCRIPT and "readonly" not in flags),
         kind=kind,
         merge=merge,
         first_key=first,
@@ -265,6 +293,9 @@ def _build(row: Sequence[Any], parent: str | None) -> CommandSpec:
         deprecated_since=deprecated_since,
         replaced_by=replaced_by,
         parent=parent,
+        # (a blocking command inside MULTI does not block: Redis runs it as a plain pop)
+        queueable=(kind in QUEUEABLE_KINDS or name in QUEUEABLE_LOCAL or "blocking" in flags)
+        and "no_multi" not in flags,
     )
 
 
@@ -307,14 +338,16 @@ def lookup_table(deny: frozenset[str] = frozenset()) -> dict[bytes, CommandSpec]
     if deny:
         for key, spec in table.items():
             if spec.name in deny:
-                table[key] = dataclasses.replace(spec, kind=KIND_DENIED, single_key=False)
+                table[key] = dataclasses.replace(
+                    spec, kind=KIND_DENIED, single_key=False, queueable=False
+                )
     return table
 
 
 def denied_sub(spec: CommandSpec, deny: frozenset[str]) -> CommandSpec:
     """A subcommand's spec, marked denied when it (or its container) is in ``deny``."""
     if deny and (spec.name in deny or spec.name.split("|")[0] in deny):
-        return dataclasses.replace(spec, kind=KIND_DENIED, single_key=False)
+        return dataclasses.replace(spec, kind=KIND_DENIED, single_key=False, queueable=False)
     return spec
 
 
@@ -573,6 +606,8 @@ _TABLE_SECTIONS: Final = (
     ("Sent to any one shard", KIND_ANY, None),
     ("Answered by the proxy", KIND_LOCAL, None),
     ("Change the client's mode (see Client modes)", KIND_MODE, None),
+    ("Scripts and functions, routed by their declared keys", KIND_SCRIPT, None),
+    ("Sent to every node a script may run on and merged", KIND_NODES, None),
     ("Refused (`not supported by shardproxy`)", KIND_UNSUPPORTED, None),
 )
 

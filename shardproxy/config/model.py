@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from shardproxy.config.kinds import (
     ADMIN,
     COMMAND_NAMES,
+    CROSS_SHARD,
     DISTRIBUTION,
     FAILOVER_MODE,
     HASH_FUNCTION,
@@ -272,6 +273,36 @@ class MigrationConfig:
 
 
 @dataclass(frozen=True)
+class TransactionsConfig:
+    """MULTI/EXEC whose keys live on more than one shard."""
+
+    cross_shard: str = field(
+        default="refuse",
+        metadata=_key(
+            CROSS_SHARD,
+            "`refuse`: a command whose keys live on another shard than the transaction's gets "
+            "-CROSSSLOT and EXEC aborts; `per-shard`: each shard's commands run as their own "
+            "MULTI/EXEC, atomic per shard but not across shards (README: Transactions)",
+        ),
+    )
+
+
+@dataclass(frozen=True)
+class ScriptsConfig:
+    """The proxy's memory of scripts, to reload them on a node that answers NOSCRIPT."""
+
+    cache_bytes: int = field(
+        default=16 * 1024**2,
+        metadata=_key(
+            SIZE,
+            "bytes of script bodies (SCRIPT LOAD, EVAL) kept, least recently used out first; "
+            "an EVALSHA a node answers NOSCRIPT is loaded there and run again if its script "
+            "is kept",
+        ),
+    )
+
+
+@dataclass(frozen=True)
 class MetricsConfig:
     """What the proxy counts for /metrics and INFO."""
 
@@ -352,6 +383,12 @@ class Config:
     )
     metrics: MetricsConfig = field(
         default_factory=MetricsConfig, metadata={"section": MetricsConfig}
+    )
+    transactions: TransactionsConfig = field(
+        default_factory=TransactionsConfig, metadata={"section": TransactionsConfig}
+    )
+    scripts: ScriptsConfig = field(
+        default_factory=ScriptsConfig, metadata={"section": ScriptsConfig}
     )
     deny_commands: frozenset[str] = field(
         default=frozenset(),

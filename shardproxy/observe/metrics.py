@@ -66,6 +66,13 @@ METRICS: tuple[MetricDef, ...] = (
     MetricDef("shardproxy_replica_lag_bytes", "gauge", ("shard", "node"), "Replication offset a replica is behind its primary (from health probes).", "max"),
     MetricDef("shardproxy_failovers_total", "counter", ("shard", "result"), "Failover events of a shard, by result: success or failure (a promotion), adopted (a primary chosen elsewhere, by Sentinel or another worker, followed), ejected or restored (failover.mode eject).", "sum"),
     MetricDef("shardproxy_config_reloads_total", "counter", ("result",), "Topology reloads, by result (success, failure).", "sum"),
+    MetricDef("shardproxy_transactions_started_total", "counter", (), "MULTI commands: transactions begun.", "sum"),
+    MetricDef("shardproxy_transactions_total", "counter", ("result",), "Transactions ended, by result: committed (EXEC ran), watch_aborted (a watched key changed: EXEC answered null), aborted (a command was refused while queueing, or Redis refused one), cross_shard_refused (aborted because a command's keys lived on another shard), discarded (DISCARD, RESET or the client left), failed (the shard could not run it: no lease free, connection lost, failover).", "sum"),
+    MetricDef("shardproxy_backend_leased_connections", "gauge", ("shard", "node", "state"), "Dedicated (leased) connections to a node, by state: in_use (held by a client for a transaction or WATCH) or idle (pooled).", "sum"),
+    MetricDef("shardproxy_backend_lease_refusals_total", "counter", ("shard", "node"), "Requests for a dedicated connection turned down because backend.max_leases were open.", "sum"),
+    MetricDef("shardproxy_scripts_cached", "gauge", (), "Scripts the proxy remembers (SCRIPT LOAD and EVAL bodies) to reload on a node that answers NOSCRIPT.", "sum"),
+    MetricDef("shardproxy_script_cache_bytes", "gauge", (), "Bytes of the scripts the proxy remembers (bounded by scripts.cache_bytes).", "sum"),
+    MetricDef("shardproxy_noscript_recoveries_total", "counter", (), "EVALSHA/EVALSHA_RO answered NOSCRIPT by a node and run again there after the proxy loaded the script.", "sum"),
     MetricDef("shardproxy_migration_active", "gauge", (), "1 while keys that a reload moved to another shard are being moved.", "max"),
     MetricDef("shardproxy_migration_keys_moved_total", "counter", ("how",), "Keys moved to their new shard during the last migration: on access (a miss served from the previous owner) or by the background copy.", "sum"),
 )
@@ -143,6 +150,11 @@ class Histogram:
         return out, self.sums[series], acc
 
 
+TRANSACTION_RESULTS = (
+    "committed", "watch_aborted", "aborted", "cross_shard_refused", "discarded", "failed",
+)  # fmt: skip
+
+
 class Stats:
     """Plain counters bumped on the hot path and read by INFO and /metrics."""
 
@@ -153,7 +165,10 @@ class Stats:
         "connections_received",
         "connections_rejected",
         "failovers",
+        "noscript_recoveries",
         "reloads",
+        "transactions",
+        "transactions_started",
     )
 
     def __init__(self) -> None:
@@ -165,6 +180,13 @@ class Stats:
         # (shard, result) -> count; results as shardproxy_failovers_total's help says
         self.failovers: dict[tuple[str, str], int] = {}
         self.reloads = {"success": 0, "failure": 0}
+        self.transactions_started = 0  # MULTI
+        # how transactions ended (shardproxy_transactions_total's help says each)
+        self.transactions: dict[str, int] = dict.fromkeys(TRANSACTION_RESULTS, 0)
+        self.noscript_recoveries = 0  # -NOSCRIPT answered by loading the script, then retrying
+
+    def count_transaction(self, result: str) -> None:
+        self.transactions[result] += 1
 
 
 class CommandCounters:

@@ -15,7 +15,7 @@ REPLIES: dict[str, tuple[str, str]] = {
     ),
     "unsupported": (
         "ERR command '{name}' is not supported by shardproxy",
-        "server administration, WATCH, pub/sub, scripting and other commands "
+        "server administration, pub/sub, the script debugger and other commands "
         "that cannot be proxied yet",
     ),
     "blocking": (
@@ -76,19 +76,43 @@ REPLIES: dict[str, tuple[str, str]] = {
     "watch_in_multi": ("ERR WATCH inside MULTI is not allowed", "as Redis says it"),
     "exec_without_multi": ("ERR EXEC without MULTI", "as Redis says it"),
     "discard_without_multi": ("ERR DISCARD without MULTI", "as Redis says it"),
-    "not_queued": (
-        "ERR '{name}' was not queued: shardproxy does not run transactions yet, "
-        "EXEC will discard the transaction",
-        "a command after MULTI; nothing is run, and EXEC answers -EXECABORT",
+    "no_multi": (
+        "ERR Command not allowed inside a transaction",
+        "a command Redis refuses inside MULTI (as Redis says it); EXEC will answer -EXECABORT",
+    ),
+    "not_queueable": (
+        "ERR command '{name}' cannot be queued in a transaction through shardproxy",
+        "inside MULTI, a command the proxy answers itself or sends to every shard (INFO, "
+        "CLIENT, DBSIZE, KEYS, SCRIPT ...); EXEC will answer -EXECABORT",
+    ),
+    "tx_too_large": (
+        "ERR transaction too large: more than {limit} bytes queued (limits.max_request_bytes)",
+        "the commands queued since MULTI add up to more than one request may be; EXEC will "
+        "answer -EXECABORT",
     ),
     "execabort": (
         "EXECABORT Transaction discarded because of previous errors.",
-        "EXEC of a transaction whose commands were not queued: none of them ran",
+        "EXEC after a command was refused while queueing (unknown, wrong arity, CROSSSLOT, "
+        "not allowed in a transaction): none of them ran",
+    ),
+    "tx_primary_changed": (
+        "TRYAGAIN shard {shard}: the primary changed (was {node}) while the transaction "
+        "watched it; nothing was run",
+        "a failover between WATCH and EXEC; the transaction is not sent, retry it",
+    ),
+    "per_shard_failed": (
+        "ERR shardproxy: this shard's part of the per-shard transaction did not run",
+        "`transactions.cross_shard: per-shard`: the shard holding this command answered EXEC "
+        "with something other than its results; the other shards' parts may have run",
+    ),
+    "tx_shard_gone": (
+        "TRYAGAIN shard {shard} left the topology during the transaction; nothing was run",
+        "a reload removed the shard a transaction was pinned to",
     ),
     "lease_limit": (
         "TRYAGAIN shard {shard}: all {limit} dedicated connections to node {node} are in use",
-        "a command that needs a connection of its own (a transaction, a blocking command) "
-        "found backend.max_leases of them open to the node",
+        "a command that needs a connection of its own (a transaction, WATCH, a blocking "
+        "command) found backend.max_leases of them open to the node",
     ),
     "invalid_cursor": ("ERR invalid cursor", "SCAN with a cursor the proxy did not hand out"),
     "subcommand": (

@@ -102,6 +102,13 @@ class Router(Generic[N]):
             return node
         return s.primary if self.policy == "prefer-replica" else None
 
+    def index_of(self, name: str) -> int:
+        """Index into ``shards`` of the shard called ``name``; -1 if the ring has none."""
+        for i, s in enumerate(self.shards):
+            if s.name == name:
+                return i
+        return -1
+
     def shard_of_keys(self, keys: Sequence[bytes]) -> int:
         """The one shard of all ``keys``, or -1 when they hash to different shards."""
         ring = self.ring

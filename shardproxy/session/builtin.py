@@ -35,6 +35,7 @@ def _b(text: str) -> bytes:
 class BuiltinClient(LegSender, Protocol):
     """What the handlers need of a client session."""
 
+    proto: int  # HELLO sets it
     id: int
     name: bytes | None
     info: dict[bytes, bytes]

@@ -42,6 +42,8 @@ from shardproxy.commands.table import (
     KIND_KEYED,
     KIND_LOCAL,
     KIND_MODE,
+    KIND_NODES,
+    KIND_SCRIPT,
     KIND_SPLIT,
     SPEC_COUNT,
     CommandSpec,
@@ -50,11 +52,12 @@ from shardproxy.commands.table import (
 )
 from shardproxy.protocol import encode, errors, requests
 from shardproxy.protocol.fifo import Fifo
-from shardproxy.routing.router import ShardNodes
+from shardproxy.routing.router import Router, ShardNodes
 from shardproxy.session.host import SessionHost
-from shardproxy.session.modes import NORMAL, TRANSACTION, ClientMode, next_mode
+from shardproxy.session.modes import NORMAL, TRANSACTION, WATCHING, ClientMode, next_mode
 from shardproxy.session.queue import QueuedReply
 from shardproxy.session.transaction import TransactionMode
+from shardproxy.session.watch import WatchMode
 
 log = logging.getLogger("shardproxy.session")
 
@@ -226,12 +229,26 @@ class ClientSession(Recipient):
             self._pushes = ClientPushes(self)
         return self._pushes
 
+    @property
+    def router(self) -> Router[Node]:
+        """The live router (a reload swaps it between reads)."""
+        return self.host.router
+
     # -- modes -----------------------------------------------------------------------------
 
     def set_mode(self, name: str) -> None:
-        """Leave the current mode for ``name`` (the transitions are in modes.py)."""
+        """Leave the current mode for ``name`` (the transitions are in modes.py). A leased
+        connection the old mode holds goes to the new one, or back to its pool."""
         old = self.mode
-        self.mode = TransactionMode() if name == TRANSACTION else None
+        pin = old.take_pin() if old is not None else None
+        if name == TRANSACTION:
+            self.mode = TransactionMode(self.stats, pin)
+        elif name == WATCHING:
+            self.mode = WatchMode(pin)
+        else:
+            self.mode = None
+            if pin is not None:
+                pin.release()
         if old is not None:
             old.close()
 
@@ -350,20 +367,33 @@ class ClientSession(Recipient):
         elif kind == KIND_ANY:
             self.forward_any(spec, frame)
         elif kind == KIND_MODE:
-            self.mode_command(spec)
+            self.mode_command(spec, argv, frame)
+        elif kind == KIND_SCRIPT:
+            self.host.scripts.forward(self, spec, argv, frame)
+        elif kind == KIND_NODES:
+            self.host.scripts.all_nodes(self, spec, argv, frame)
         elif kind == KIND_DENIED:
             self.reply_now(errors.reply("denied", name=spec.name.replace("|", " ")))
         else:
             self.reply_now(errors.reply("unsupported", name=spec.name.replace("|", " ")))
 
-    def mode_command(self, spec: CommandSpec) -> None:
-        """MULTI, EXEC, DISCARD in normal mode (other modes answer them themselves)."""
-        following = next_mode(NORMAL, spec.name)
-        if following != NORMAL:
+    def mode_command(self, spec: CommandSpec, argv: list[bytes], frame: bytes) -> None:
+        """MULTI, EXEC, DISCARD, WATCH, UNWATCH in normal mode (and EXEC, DISCARD handed back
+        by watching mode); other modes answer them themselves."""
+        name = spec.name
+        following = next_mode(NORMAL, name)
+        if following == WATCHING:
+            self.set_mode(WATCHING)
+            mode = self.mode
+            if mode is not None:
+                mode.handle(self, spec, argv, frame)
+        elif following != NORMAL:
             self.reply_now(encode.OK)
             self.set_mode(following)
+        elif name == "unwatch":
+            self.reply_now(encode.OK)  # nothing watched: Redis says OK too
         else:
-            self.reply_now(errors.reply(f"{spec.name}_without_multi"))
+            self.reply_now(errors.reply(f"{name}_without_multi"))
 
     def forward_keyed(self, spec: CommandSpec, argv: list[bytes], frame: bytes) -> None:
         if is_blocking(spec, argv):
@@ -449,7 +479,14 @@ class ClientSession(Recipient):
     def _no_replica(self, shard: int) -> bytes:
         return errors.reply("no_replica", shard=self.host.router.shards[shard].name)
 
+    def new_slot(self) -> QueuedReply:
+        """A reply slot for the request being dispatched, at the tail of the queue."""
+        slot = QueuedReply(self, self.request_cmd, self.request_time)
+        self.queue.append(slot)
+        return slot
+
     def add_slot(self, slot: QueuedReply) -> None:
+        slot.session = self
         slot.cmd = self.request_cmd
         slot.t0 = self.request_time
         self.queue.append(slot)

@@ -26,9 +26,11 @@ import random
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol, cast
 
+from shardproxy.backend.node import Node
 from shardproxy.backend.slots import Recipient, ReplySlot
 from shardproxy.commands.table import CommandSpec
 from shardproxy.protocol import encode, errors, replies
+from shardproxy.routing.router import Router
 from shardproxy.session.queue import QueuedReply
 
 Merge = Callable[["Gather"], bytes]
@@ -37,7 +39,16 @@ Merge = Callable[["Gather"], bytes]
 class LegSender(Protocol):
     """What a fan-out needs from the client session."""
 
-    proto: int
+    @property
+    def proto(self) -> int: ...
+
+    @property
+    def id(self) -> int: ...
+
+    @property
+    def router(self) -> Router[Node]:
+        """The live router (the host's)."""
+        ...
 
     def send_leg(
         self, shard: int, write: bool, frame: bytes, slot: ReplySlot, keys: Sequence[bytes] = ()
@@ -164,12 +175,60 @@ def merge_random(g: Gather) -> bytes:
     return random.choice(found) if found else encode.null(g.proto)
 
 
+def merge_same(g: Gather) -> bytes:
+    """SCRIPT LOAD, FUNCTION LOAD ...: every node gave the same reply (an SHA, a library name,
+    +OK); an error from any node is the reply."""
+    err = g.first_error()
+    if err is not None:
+        return err
+    first = g.results[0]
+    for r in g.results[1:]:
+        if r != first:
+            raise replies.ReplyError("the nodes answered differently")
+    return first
+
+
+def merge_and(g: Gather) -> bytes:
+    """SCRIPT EXISTS: a script exists only where every node has it."""
+    err = g.first_error()
+    if err is not None:
+        return err
+    acc: list[int] | None = None
+    for r in g.results:
+        items = replies.split_aggregate(r)
+        if items is None:
+            raise replies.ReplyError("SCRIPT EXISTS did not answer an array")
+        values = [replies.parse_integer(x) for x in items]
+        if acc is None:
+            acc = values
+        elif len(values) != len(acc):
+            raise replies.ReplyError("the nodes answered arrays of different lengths")
+        else:
+            acc = [a & v for a, v in zip(acc, values, strict=True)]
+    return encode.array([encode.integer(v) for v in acc or []])
+
+
+def merge_killed(g: Gather) -> bytes:
+    """SCRIPT KILL, FUNCTION KILL: +OK if some node stopped a script; else the most telling
+    error (UNKILLABLE over NOTBUSY, which every idle node answers)."""
+    for r in g.results:
+        if r == encode.OK:
+            return r
+    for r in g.results:
+        if not r.startswith(b"-NOTBUSY"):
+            return r
+    return g.results[0]
+
+
 MERGES: dict[str, Merge] = {
     "array": merge_array,
     "ok": merge_ok,
     "sum": merge_sum,
     "concat": merge_concat,
     "random": merge_random,
+    "same": merge_same,
+    "and": merge_and,
+    "killed": merge_killed,
 }
 
 
@@ -267,6 +326,21 @@ class Fanout:
             session.send_leg(shard, True, encode.encode_command(sub), Leg(g, 0))
             return
         self.broadcast(session, frame, MERGES[spec.merge or "ok"])
+
+    def all_nodes(self, session: LegSender, spec: CommandSpec, frame: bytes) -> None:
+        """SCRIPT LOAD / EXISTS / FLUSH / KILL, FUNCTION KILL: every shard's primary, and its
+        replicas too when reads (EVALSHA_RO ...) may go to them; merged by the spec's rule."""
+        router = session.router
+        nodes: list[Node] = []
+        for s in router.shards:
+            nodes.append(s.primary)
+            if router.replica_reads:
+                nodes.extend(s.replicas)
+        g = Gather(session, len(nodes), MERGES[spec.merge or "same"], session.proto)
+        session.add_slot(g)
+        proto, cid = session.proto, session.id
+        for i, node in enumerate(nodes):
+            node.connection(proto, cid).send(frame, Leg(g, i))
 
     def broadcast(
         self, session: LegSender, frame: bytes, merge: Merge, data: object = None

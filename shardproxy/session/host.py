@@ -18,6 +18,7 @@ from shardproxy.routing.router import Router
 from shardproxy.session.builtin import Builtin
 from shardproxy.session.fanout import Fanout
 from shardproxy.session.registry import Client
+from shardproxy.session.scripts import Scripts
 
 
 class Limits(Protocol):
@@ -47,8 +48,10 @@ class SessionHost(Protocol):
     #: per-command latency and error counters; None when metrics.commands is off
     command_counters: CommandCounters | None
     read_your_writes: float  # seconds; 0 disables
+    per_shard_transactions: bool  # transactions.cross_shard is per-shard
     fanout: Fanout
     builtin: Builtin
+    scripts: Scripts
 
     def next_client_id(self) -> int: ...
 

@@ -3,7 +3,13 @@ transitions between them. Every mode change of a client goes through this module
 
 ::
 
-    NORMAL ── MULTI ──▶ TRANSACTION ── EXEC / DISCARD / RESET ──▶ NORMAL
+               ┌── WATCH (more keys, same shard) ──┐
+               ▼                                   │
+    NORMAL ── WATCH ──▶ WATCHING ──────────────────┘
+      │  ▲                │  │
+      │  └─ UNWATCH, RESET┘  └── MULTI ──┐       (the watched shard's lease goes along)
+      │                                  ▼
+      └────────── MULTI ─────────▶ TRANSACTION ── EXEC / DISCARD / RESET ──▶ NORMAL
 
 (The blocking and pub/sub modes join this table when they are built.)
 
@@ -12,7 +18,8 @@ tests one local boolean per request and nothing else. Any other mode is a
 :class:`ClientMode`, whose :meth:`ClientMode.handle` sees every request the client sends while
 in it; it answers the request, or returns False to let the session dispatch it as in normal
 mode (QUIT and RESET, which Redis also runs at once inside a transaction). Each mode's state
-machine lives in its own module, named in :data:`MODES`.
+machine lives in its own module, named in :data:`MODES`. A mode holding a leased connection
+(a :class:`Pin`) hands it to the next mode with :meth:`take_pin`.
 """
 
 from __future__ import annotations
@@ -20,9 +27,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar, Final, Protocol
 
+from shardproxy.backend.lease import Lease
+from shardproxy.backend.node import Node
+from shardproxy.backend.slots import PushConsumer
 from shardproxy.commands.table import CommandSpec
+from shardproxy.observe.metrics import Stats
+from shardproxy.routing.router import Router
+from shardproxy.session.queue import QueuedReply
 
 NORMAL: Final = "normal"
+WATCHING: Final = "watching"
 TRANSACTION: Final = "transaction"
 
 
@@ -46,12 +60,22 @@ MODES: Final[tuple[ModeRule, ...]] = (
         "session.client",
     ),
     ModeRule(
+        WATCHING,
+        "WATCH (its keys on one shard)",
+        "every command; those for the watched shard travel on the client's leased connection "
+        "to its primary, the others as in normal mode; WATCH of keys on another shard is "
+        "`-CROSSSLOT`",
+        "UNWATCH, RESET (back to normal); MULTI (to transaction, keeping the lease)",
+        "session.watch",
+    ),
+    ModeRule(
         TRANSACTION,
         "MULTI",
-        "EXEC, DISCARD, QUIT and RESET run at once; every other command is answered "
-        "`-ERR ... was not queued` and nothing runs (transactions are not executed yet); "
-        "MULTI and WATCH are errors, as in Redis",
-        "EXEC (`-EXECABORT`, or an empty array if nothing was sent), DISCARD, RESET",
+        "commands are checked and queued in the proxy (`+QUEUED`); the first keyed one (or "
+        "WATCH) decides the shard, a command for another shard is `-CROSSSLOT` (unless "
+        "`transactions.cross_shard: per-shard`); QUIT and RESET run at once",
+        "EXEC (MULTI + the queue + EXEC sent at once on a leased connection to the shard's "
+        "primary; `-EXECABORT` after a refused command), DISCARD, RESET",
         "session.transaction",
     ),
 )
@@ -59,6 +83,11 @@ MODES: Final[tuple[ModeRule, ...]] = (
 #: (mode, command) -> the mode the client is in once the command is answered
 TRANSITIONS: Final[dict[tuple[str, str], str]] = {
     (NORMAL, "multi"): TRANSACTION,
+    (NORMAL, "watch"): WATCHING,
+    (WATCHING, "watch"): WATCHING,
+    (WATCHING, "unwatch"): NORMAL,
+    (WATCHING, "multi"): TRANSACTION,
+    (WATCHING, "reset"): NORMAL,
     (TRANSACTION, "exec"): NORMAL,
     (TRANSACTION, "discard"): NORMAL,
     (TRANSACTION, "reset"): NORMAL,
@@ -80,14 +109,73 @@ def next_mode(mode: str, command: str) -> str:
     return TRANSITIONS.get((mode, command), mode)
 
 
+class Limits(Protocol):
+    @property
+    def max_request_bytes(self) -> int: ...
+
+
+class ModeHost(Protocol):
+    """What a mode needs of the proxy (the session's host satisfies it)."""
+
+    @property
+    def router(self) -> Router[Node]: ...
+
+    @property
+    def stats(self) -> Stats: ...
+
+    @property
+    def limits(self) -> Limits: ...
+
+    @property
+    def per_shard_transactions(self) -> bool:
+        """``transactions.cross_shard: per-shard``."""
+        ...
+
+    def resolve_sub(self, spec: CommandSpec) -> CommandSpec: ...
+
+
 class ModeClient(Protocol):
     """What a mode needs of the client session."""
 
+    @property
+    def host(self) -> ModeHost: ...
+
+    @property
+    def proto(self) -> int: ...
+
     def reply_now(self, reply: bytes) -> None: ...
+
+    def new_slot(self) -> QueuedReply:
+        """A reply slot for the request being dispatched, at the tail of the queue."""
+        ...
+
+    def add_slot(self, slot: QueuedReply) -> None:
+        """Put a slot made elsewhere (a fan-out's) at the tail of the queue."""
+        ...
+
+    def push_consumer(self) -> PushConsumer:
+        """The client as the holder of a lease."""
+        ...
 
     def set_mode(self, name: str) -> None:
         """Leave the current mode for ``name`` (:data:`NORMAL` drops the mode object)."""
         ...
+
+
+class Pin:
+    """A client pinned to one shard: a leased connection to the shard's primary, held from
+    WATCH until EXEC, DISCARD, UNWATCH or RESET (and across MULTI)."""
+
+    __slots__ = ("lease", "node", "shard", "watching")
+
+    def __init__(self, shard: str, node: Node, lease: Lease) -> None:
+        self.shard = shard  # the shard's name (indexes change with a reload; names do not)
+        self.node = node  # the primary the lease is connected to
+        self.lease = lease
+        self.watching = False  # a WATCH on it was answered +OK
+
+    def release(self, clean: bool = False) -> None:
+        self.lease.release(clean)
 
 
 class ClientMode:
@@ -102,6 +190,11 @@ class ClientMode:
     ) -> bool:
         """Answer one request (True), or leave it to normal dispatch (False)."""
         raise NotImplementedError
+
+    def take_pin(self) -> Pin | None:
+        """Hand the leased connection this mode holds to the next mode: this mode forgets it,
+        so :meth:`close` no longer gives it back. None if it holds none."""
+        return None
 
     def close(self) -> None:
         """The client left, or the mode ends: give back what the mode holds."""
