@@ -4,6 +4,8 @@
     shardproxy check -c FILE                               validate, show shards and the ring
     shardproxy locate -c FILE [--json] KEY...              which shard and nodes serve each key
     shardproxy diff [--json] OLD NEW                       what changing the topology moves
+    shardproxy import-twemproxy FILE [--pool NAME] [--eject] [--listen A] [--admin A]
+                                                           a nutcracker pool as a topology
     shardproxy --version
 
 Every command that reads a topology file exits 1 with ``key.path: problem`` lines on stderr
@@ -223,6 +225,14 @@ def _diff(args: argparse.Namespace) -> int:
     return 0
 
 
+def _import_twemproxy(args: argparse.Namespace) -> int:
+    from shardproxy.app import twemproxy
+
+    return twemproxy.main(
+        args.file, args.pool, eject=args.eject, listen=args.listen, admin=args.admin
+    )
+
+
 def _metrics(args: argparse.Namespace) -> int:
     from shardproxy.observe import metrics
 
@@ -282,6 +292,24 @@ def build_parser() -> argparse.ArgumentParser:
     diff.add_argument("--json", action="store_true", help="machine-readable output")
     diff.add_argument("old", metavar="OLD")
     diff.add_argument("new", metavar="NEW")
+
+    imp = command(
+        "import-twemproxy",
+        _import_twemproxy,
+        "print the topology equivalent to a nutcracker (twemproxy) pool: same placement, names, "
+        "weights, hash, tag, auth, timeouts; what cannot carry over is listed on stderr",
+    )
+    imp.add_argument("file", metavar="FILE", help="nutcracker YAML configuration")
+    imp.add_argument("--pool", metavar="NAME", help="the pool to convert (needed if several)")
+    imp.add_argument(
+        "--eject",
+        action="store_true",
+        help="auto_eject_hosts: true becomes failover.mode: eject (caches only)",
+    )
+    imp.add_argument("--listen", metavar="ADDR", help="listen here instead of the pool's listen")
+    imp.add_argument(
+        "--admin", metavar="ADDR", help='admin listener (default 127.0.0.1:9121; "off")'
+    )
 
     metrics = command("metrics", _metrics, "list every metric the proxy exports")
     metrics.add_argument("--markdown", action="store_true", help="as a Markdown table")
