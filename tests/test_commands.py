@@ -124,7 +124,7 @@ def test_local_commands() -> None:
     assert local == {
         "ping", "echo", "quit", "select", "hello", "info", "auth", "reset",
         "client", "client|setname", "client|getname", "client|id", "client|no-evict",
-        "client|info", "client|setinfo", "client|no-touch",
+        "client|info", "client|setinfo", "client|no-touch", "client|maint_notifications", "role",
         "command", "command|count", "command|info", "command|docs", "command|getkeys",
         "command|list",
     }  # fmt: skip
@@ -135,7 +135,7 @@ def test_local_commands() -> None:
     [["config", "get", "x"], ["debug", "sleep", "0"], ["shutdown"], ["replicaof", "h", "1"],
      ["monitor"], ["cluster", "info"], ["save"], ["bgsave"], ["lastsave"], ["acl", "whoami"],
      ["slowlog", "get"], ["latency", "latest"], ["swapdb", "0", "1"], ["move", "k", "1"],
-     ["migrate", "h", "1", "k", "0", "5"], ["wait", "0", "0"], ["role"], ["lolwut"],
+     ["migrate", "h", "1", "k", "0", "5"], ["wait", "0", "0"], ["lolwut"],
      ["memory", "stats"], ["memory", "doctor"], ["object", "help"],
      ["blpop", "k", "0"], ["brpop", "k", "0"],
      ["brpoplpush", "a", "b", "0"], ["blmove", "a", "b", "left", "left", "0"],
@@ -199,8 +199,11 @@ def test_policy_names_exist_except_newer_redis_ones() -> None:
 
 
 def test_handshake_extras_are_local() -> None:
-    """CLIENT SETINFO / NO-TOUCH (Redis 7.2) are answered by the proxy, with their arity."""
-    for name, arity in (("client|setinfo", 4), ("client|no-touch", 3)):
+    """CLIENT SETINFO / NO-TOUCH (Redis 7.2), MAINT_NOTIFICATIONS (8.0) are answered by the
+    proxy, with their arity."""
+    for name, arity in (
+        ("client|setinfo", 4), ("client|no-touch", 3), ("client|maint_notifications", -3),
+    ):  # fmt: skip
         spec = resolve([part.encode() for part in name.split("|")])
         assert spec is not None and spec.name == name
         assert (spec.kind, spec.arity) == (KIND_LOCAL, arity)

@@ -347,3 +347,23 @@ def test_client_handshake_subcommands_raw(proxy: Proxy) -> None:
     assert lines[4] == b"+OK"
     assert b"name=app" in out and b"lib-name=mylib lib-ver=1.2" in out
     assert out.endswith(b"-ERR command 'client reply' is not supported by shardproxy\r\n")
+
+
+@pytest.mark.parametrize("protocol", [2, 3])
+def test_what_client_libraries_ask_on_connect(proxy: Proxy, protocol: int) -> None:
+    """valkey-glide wants INFO REPLICATION to say role:master; redis-py 8 and node-redis 6
+    send CLIENT MAINT_NOTIFICATIONS; ROLE is how others tell a primary."""
+    with proxy.client(protocol=protocol) as c:
+        replication = c.info("replication")
+        assert replication["role"] == "master" and replication["connected_slaves"] == 0
+        assert c.info()["role"] == "master"  # in the default sections too
+        assert c.execute_command("ROLE") == [b"master", 0, []]
+        reply = c.execute_command(
+            "CLIENT", "MAINT_NOTIFICATIONS", "ON", "moving-endpoint-type", "none"
+        )
+        assert reply in (b"OK", "OK", True)
+    out = raw(proxy.port, b"ROLE\r\nCLIENT MAINT_NOTIFICATIONS\r\nPING\r\n")
+    assert out == (
+        b"*3\r\n$6\r\nmaster\r\n:0\r\n*0\r\n"
+        b"-ERR wrong number of arguments for 'client|maint_notifications' command\r\n+PONG\r\n"
+    )

@@ -83,6 +83,9 @@ class Telemetry:
                     ("noscript_recoveries", st.noscript_recoveries),
                 ],
             ),
+            # client libraries check it on connect (valkey-glide wants role:master): to them the
+            # proxy is one primary; the shards' own replication is in the Shards section
+            ("Replication", [("role", "master"), ("connected_slaves", 0)]),
             (
                 "Proxy",
                 [

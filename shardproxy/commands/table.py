@@ -97,7 +97,8 @@ POLICY_TABLE: Final[tuple[tuple[str, str, str | None], ...]] = (
     # -- answered by the proxy
     ("ping echo quit select hello info auth reset",                  KIND_LOCAL,       None),
     ("client client|setname client|getname client|setinfo client|id "
-     "client|no-evict client|no-touch client|info",                  KIND_LOCAL,       None),
+     "client|no-evict client|no-touch client|info "
+     "client|maint_notifications role",                              KIND_LOCAL,       None),
     ("command command|count command|info command|docs command|getkeys "
      "command|list",                                                 KIND_LOCAL,       None),
     # -- keyed subcommands of containers that are otherwise refused
@@ -106,7 +107,7 @@ POLICY_TABLE: Final[tuple[tuple[str, str, str | None], ...]] = (
     # -- refused: server administration
     ("config debug shutdown replicaof slaveof monitor cluster save bgsave "
      "bgrewriteaof lastsave sync psync replconf acl module slowlog latency "
-     "failover swapdb move migrate wait waitaof role lolwut memory "
+     "failover swapdb move migrate wait waitaof lolwut memory "
      "object|help restore-asking",                                   KIND_UNSUPPORTED, None),
     # -- client modes (session.modes): transactions and optimistic locking, on a lease
     ("multi exec discard watch unwatch",                             KIND_MODE,        None),
@@ -300,7 +301,7 @@ def _build(row: Sequence[Any], parent: str | None) -> CommandSpec:
 
 
 # Subcommands newer than the generated table that client libraries send on connect (Redis 7.2:
-# redis-py 8, go-redis and node-redis send CLIENT SETINFO). Rows in data's shape; the
+# redis-py 8, go-redis and node-redis send CLIENT SETINFO; Redis 8: CLIENT MAINT_NOTIFICATIONS). Rows in data's shape; the
 # proxy answers them itself (POLICY: local). The drift test leaves exactly these out.
 # fmt: off
 HANDSHAKE_EXTRAS: Final[tuple[tuple[Any, ...], ...]] = (
@@ -309,6 +310,11 @@ HANDSHAKE_EXTRAS: Final[tuple[tuple[Any, ...], ...]] = (
     ("client|no-touch", 3, ("noscript", "loading", "stale"), 0, 0, 0, ("@slow", "@connection"), (), (),
      "connection", "Controls whether commands sent by the client affect the LRU/LFU of accessed keys",
      "7.2.0", "O(1)", (), "", "", ()),
+    # Redis 8: redis-py 8 and node-redis 6 ask for maintenance push notifications on connect
+    ("client|maint_notifications", -3, ("noscript", "loading", "stale"), 0, 0, 0,
+     ("@slow", "@connection"), (), (), "connection",
+     "Enables or disables maintenance push notifications for the connection", "8.0.0", "O(1)",
+     (), "", "", ()),
 )
 # fmt: on
 

@@ -252,6 +252,10 @@ class Builtin:
             return
         s.reply_now(encode.array([encode.bulk(cmd[i]) for i in keys]))
 
+    def role(self, s: BuiltinClient, argv: list[bytes]) -> None:
+        """ROLE: to its clients the proxy is one primary with no replica of its own."""
+        s.reply_now(encode.array([encode.bulk(b"master"), encode.integer(0), encode.array([])]))
+
     # -- INFO ------------------------------------------------------------------------------
 
     def info(self, s: BuiltinClient, argv: list[bytes]) -> None:
@@ -301,6 +305,9 @@ HANDLERS: dict[str, Handler] = {
     "client|id": Builtin.client_id,
     "client|no-evict": Builtin.client_ok,
     "client|no-touch": Builtin.client_ok,
+    # the proxy's own endpoint never moves for maintenance: nothing to notify, carry on
+    "client|maint_notifications": Builtin.client_ok,
+    "role": Builtin.role,
     "client|info": Builtin.client_info,
     "command": Builtin.command,
     "command|count": Builtin.command_count,
