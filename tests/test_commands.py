@@ -19,6 +19,7 @@ from shardproxy.commands.table import (
     KIND_KEYED,
     KIND_LOCAL,
     KIND_MODE,
+    KIND_BLOCKING,
     KIND_NODES,
     KIND_SCRIPT,
     KIND_SPLIT,
@@ -109,6 +110,18 @@ def test_script_cache_and_function_commands(argv: list[str], kind: str, merge: s
     assert (spec.kind, spec.merge, spec.queueable) == (kind, merge, kind == KIND_ANY)
 
 
+@pytest.mark.parametrize(
+    "argv",
+    [["blpop", "k", "0"], ["brpop", "k", "0"], ["brpoplpush", "a", "b", "0"],
+     ["blmove", "a", "b", "left", "left", "0"], ["blmpop", "0", "1", "k", "left"],
+     ["bzpopmin", "k", "0"], ["bzpopmax", "k", "0"], ["bzmpop", "0", "1", "k", "min"],
+     ["wait", "0", "0"]],
+)  # fmt: skip
+def test_blocking_commands_run_on_a_lease(argv: list[str]) -> None:
+    spec = spec_of(*argv)
+    assert spec.kind == KIND_BLOCKING and spec.queueable == (spec.name != "wait")
+
+
 def test_what_a_transaction_queues() -> None:
     queued = {s.name for s in iter_specs() if s.queueable}
     assert {"get", "set", "mget", "del", "time", "ping", "echo", "eval", "blpop"} <= queued
@@ -135,12 +148,9 @@ def test_local_commands() -> None:
     [["config", "get", "x"], ["debug", "sleep", "0"], ["shutdown"], ["replicaof", "h", "1"],
      ["monitor"], ["cluster", "info"], ["save"], ["bgsave"], ["lastsave"], ["acl", "whoami"],
      ["slowlog", "get"], ["latency", "latest"], ["swapdb", "0", "1"], ["move", "k", "1"],
-     ["migrate", "h", "1", "k", "0", "5"], ["wait", "0", "0"], ["lolwut"],
+     ["migrate", "h", "1", "k", "0", "5"], ["lolwut"],
      ["memory", "stats"], ["memory", "doctor"], ["object", "help"],
-     ["blpop", "k", "0"], ["brpop", "k", "0"],
-     ["brpoplpush", "a", "b", "0"], ["blmove", "a", "b", "left", "left", "0"],
-     ["blmpop", "0", "1", "k", "left"], ["bzpopmin", "k", "0"], ["bzpopmax", "k", "0"],
-     ["bzmpop", "0", "1", "k", "min"], ["subscribe", "c"], ["psubscribe", "c*"],
+     ["subscribe", "c"], ["psubscribe", "c*"],
      ["ssubscribe", "c"], ["publish", "c", "m"], ["spublish", "c", "m"],
      ["pubsub", "channels"], ["script", "debug", "yes"], ["readonly"],
      ["readwrite"], ["asking"], ["pfselftest"], ["pfdebug", "getreg", "k"],
@@ -306,7 +316,7 @@ def test_markdown_table_lists_every_leaf_once() -> None:
     table = markdown_table()
     lines = table.splitlines()
     assert lines[0] == "| how | count | commands |"
-    assert len(lines) == 2 + 10
+    assert len(lines) == 2 + 11
     for specs in specs_by_kind().values():
         for spec in specs:
             assert table.count(f"`{spec.display_name}`") == 1, spec.name

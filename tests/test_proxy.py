@@ -181,11 +181,8 @@ def test_unknown_then_ping_same_connection(proxy: Proxy) -> None:
         ("CONFIG GET maxmemory", b"-ERR command 'config get' is not supported by shardproxy\r\n"),
         ("SUBSCRIBE ch", b"-ERR command 'subscribe' is not supported by shardproxy\r\n"),
         ("SCRIPT DEBUG YES", b"-ERR command 'script debug' is not supported by shardproxy\r\n"),
-        ("BLPOP q 0", b"-ERR command 'blpop' is not supported by shardproxy\r\n"),
-        (
-            "XREAD BLOCK 0 STREAMS s $",
-            b"-ERR blocking command 'xread' is not supported by shardproxy\r\n",
-        ),
+        ("BLPOP q soon", b"-ERR timeout is not a float or out of range\r\n"),
+        ("XREAD BLOCK x STREAMS s $", b"-ERR timeout is not an integer or out of range\r\n"),
         ("SHUTDOWN", b"-ERR command 'shutdown' is not supported by shardproxy\r\n"),
         ("GET", b"-ERR wrong number of arguments for 'get' command\r\n"),
     ],

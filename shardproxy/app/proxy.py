@@ -89,6 +89,9 @@ class Proxy:
 
     def _set_router(self, router: Router[Node]) -> None:
         self.router = router
+        registry = getattr(self, "registry", None)  # (the fleet publishes its first router
+        if registry is not None:  # before the registry exists)
+            registry.router_changed()
 
     # -- what sessions need (session.host.SessionHost) -------------------------------------
 

@@ -62,6 +62,7 @@ class Telemetry:
                 "Clients",
                 [
                     ("connected_clients", len(self.registry)),
+                    ("blocked_clients", sum(self.registry.blocked().values())),
                     ("pending_requests", self.registry.pending_requests()),
                 ],
             ),
@@ -168,6 +169,12 @@ class Telemetry:
             "shardproxy_scripts_cached": [S((), len(self.scripts))],
             "shardproxy_script_cache_bytes": [S((), self.scripts.size)],
             "shardproxy_noscript_recoveries_total": [S((), st.noscript_recoveries)],
+            "shardproxy_blocked_clients": [
+                S((shard,), n) for shard, n in sorted(self.registry.blocked().items())
+            ],
+            "shardproxy_blocking_commands_total": [S((), st.blocks)],
+            "shardproxy_blocks_reissued_total": [S((), st.blocks_reissued)],
+            "shardproxy_block_replies_orphaned_total": [S((), st.block_replies_orphaned)],
         }
         m = self.fleet.migration
         out["shardproxy_migration_active"] = [S((), 1 if m is not None and not m.finished else 0)]
@@ -202,14 +209,16 @@ class Telemetry:
                 errs.append(S((node.shard, node.address, kind), n))
             if node.role == "replica" and node.lag_bytes is not None:
                 lag.append(S((node.shard, node.address), node.lag_bytes))
-        leases, refusals = [], []
+        leases, refusals, caps = [], [], []
         for node in self.fleet.nodes.values():
             pool = node.leases
             leases.append(S((node.shard, node.address, "in_use"), len(pool.leased)))
             leases.append(S((node.shard, node.address, "idle"), len(pool.idle)))
             refusals.append(S((node.shard, node.address), pool.refused))
+            caps.append(S((node.shard, node.address), node.settings.max_leases))
         out["shardproxy_backend_leased_connections"] = leases
         out["shardproxy_backend_lease_refusals_total"] = refusals
+        out["shardproxy_backend_lease_limit"] = caps
         out["shardproxy_backend_requests_total"] = req
         out["shardproxy_backend_pending_requests"] = pend
         out["shardproxy_backend_up"] = up

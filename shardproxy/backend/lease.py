@@ -64,6 +64,7 @@ class Lease(Connection):
         "idle_since",
         "pool",
         "resp2_messages",
+        "server_id",
     )
 
     def __init__(self, node: NodeBase, proto: int, pool: LeasePool) -> None:
@@ -71,6 +72,7 @@ class Lease(Connection):
         self.pool = pool
         self.holder: PushConsumer | None = None
         self.resp2_messages = False  # RESP2 pub/sub arrays are pushes, not replies
+        self.server_id = -1  # its CLIENT ID on the node, once a holder has asked (CLIENT UNBLOCK)
         self.idle_since = 0.0
         self._deadlines: Fifo[float] = Fifo()  # loop time by which each pending reply is due
         self._timeouts: Fifo[float] = Fifo()  # and the timeout each was sent with (errors)

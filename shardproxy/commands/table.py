@@ -46,10 +46,11 @@ KIND_LOCAL: Final = "local"  # answered by the proxy itself
 KIND_MODE: Final = "mode"  # changes the client's mode (session.modes): MULTI EXEC WATCH ...
 KIND_SCRIPT: Final = "script"  # EVAL EVALSHA FCALL (+ _RO): by declared keys (session.scripts)
 KIND_NODES: Final = "nodes"  # SCRIPT LOAD ...: every node a script may run on, merged
+KIND_BLOCKING: Final = "blocking"  # BLPOP ...: by key, on a lease (session.blocked)
 KIND_UNSUPPORTED: Final = "unsupported"  # -ERR command 'x' is not supported by shardproxy
 KINDS: Final = (
     KIND_KEYED, KIND_SPLIT, KIND_ALL, KIND_ANY, KIND_LOCAL, KIND_MODE, KIND_SCRIPT, KIND_NODES,
-    KIND_UNSUPPORTED,
+    KIND_BLOCKING, KIND_UNSUPPORTED,
 )  # fmt: skip
 #: kinds whose commands a transaction queues (they run on the transaction's shard)
 QUEUEABLE_KINDS: Final = frozenset({KIND_KEYED, KIND_SPLIT, KIND_ANY, KIND_SCRIPT})
@@ -107,7 +108,7 @@ POLICY_TABLE: Final[tuple[tuple[str, str, str | None], ...]] = (
     # -- refused: server administration
     ("config debug shutdown replicaof slaveof monitor cluster save bgsave "
      "bgrewriteaof lastsave sync psync replconf acl module slowlog latency "
-     "failover swapdb move migrate wait waitaof lolwut memory "
+     "failover swapdb move migrate waitaof lolwut memory "
      "object|help restore-asking",                                   KIND_UNSUPPORTED, None),
     # -- client modes (session.modes): transactions and optimistic locking, on a lease
     ("multi exec discard watch unwatch",                             KIND_MODE,        None),
@@ -122,8 +123,8 @@ POLICY_TABLE: Final[tuple[tuple[str, str, str | None], ...]] = (
     # -- read from any one shard
     ("function|list function|dump function|stats function|help "
      "script|help",                                                  KIND_ANY,         None),
-    # -- refused: blocking commands (XREAD/XREADGROUP: see is_blocking)
-    ("blpop brpop brpoplpush blmove blmpop bzpopmin bzpopmax bzmpop",  KIND_UNSUPPORTED, None),
+    # -- blocking commands, on a lease (XREAD/XREADGROUP are keyed, blocking with BLOCK)
+    ("blpop brpop brpoplpush blmove blmpop bzpopmin bzpopmax bzmpop wait", KIND_BLOCKING, None),
     # -- refused: pub/sub
     ("subscribe unsubscribe psubscribe punsubscribe ssubscribe sunsubscribe "
      "publish spublish pubsub",                                      KIND_UNSUPPORTED, None),
@@ -612,6 +613,7 @@ _TABLE_SECTIONS: Final = (
     ("Sent to any one shard", KIND_ANY, None),
     ("Answered by the proxy", KIND_LOCAL, None),
     ("Change the client's mode (see Client modes)", KIND_MODE, None),
+    ("Blocking, by key on a leased connection (see Client modes)", KIND_BLOCKING, None),
     ("Scripts and functions, routed by their declared keys", KIND_SCRIPT, None),
     ("Sent to every node a script may run on and merged", KIND_NODES, None),
     ("Refused (`not supported by shardproxy`)", KIND_UNSUPPORTED, None),
@@ -630,7 +632,7 @@ def markdown_table() -> str:
             if spec.merge is not None:
                 label += f" ({spec.merge})"
             if kind == KIND_KEYED and spec.blocking:
-                label += " (not with BLOCK)"
+                label += " (with BLOCK: blocking)"
             names.append(label)
         lines.append(f"| {title} | {len(specs)} | {', '.join(names)} |")
     return "\n".join(lines) + "\n"

@@ -73,6 +73,11 @@ METRICS: tuple[MetricDef, ...] = (
     MetricDef("shardproxy_scripts_cached", "gauge", (), "Scripts the proxy remembers (SCRIPT LOAD and EVAL bodies) to reload on a node that answers NOSCRIPT.", "sum"),
     MetricDef("shardproxy_script_cache_bytes", "gauge", (), "Bytes of the scripts the proxy remembers (bounded by scripts.cache_bytes).", "sum"),
     MetricDef("shardproxy_noscript_recoveries_total", "counter", (), "EVALSHA/EVALSHA_RO answered NOSCRIPT by a node and run again there after the proxy loaded the script.", "sum"),
+    MetricDef("shardproxy_blocked_clients", "gauge", ("shard",), "Clients waiting for a blocking command's reply (BLPOP, XREAD BLOCK ...), by the shard it runs on.", "sum"),
+    MetricDef("shardproxy_blocking_commands_total", "counter", (), "Blocking commands started.", "sum"),
+    MetricDef("shardproxy_blocks_reissued_total", "counter", (), "Blocking commands sent again, with the time left, after their connection failed (a failover, a node restart) or a reload moved their keys.", "sum"),
+    MetricDef("shardproxy_block_replies_orphaned_total", "counter", (), "Replies of a blocking command read after its client had left (the element was popped as the client disconnected; each is logged with its key).", "sum"),
+    MetricDef("shardproxy_backend_lease_limit", "gauge", ("shard", "node"), "backend.max_leases: the dedicated connections a node may have open per worker.", "max"),
     MetricDef("shardproxy_migration_active", "gauge", (), "1 while keys that a reload moved to another shard are being moved.", "max"),
     MetricDef("shardproxy_migration_keys_moved_total", "counter", ("how",), "Keys moved to their new shard during the last migration: on access (a miss served from the previous owner) or by the background copy.", "sum"),
 )
@@ -159,6 +164,9 @@ class Stats:
     """Plain counters bumped on the hot path and read by INFO and /metrics."""
 
     __slots__ = (
+        "block_replies_orphaned",
+        "blocks",
+        "blocks_reissued",
         "bytes_in",
         "bytes_out",
         "commands",
@@ -184,6 +192,9 @@ class Stats:
         # how transactions ended (shardproxy_transactions_total's help says each)
         self.transactions: dict[str, int] = dict.fromkeys(TRANSACTION_RESULTS, 0)
         self.noscript_recoveries = 0  # -NOSCRIPT answered by loading the script, then retrying
+        self.blocks = 0  # blocking commands sent (BLPOP ...)
+        self.blocks_reissued = 0  # sent again after a failover, a node's return or a reload
+        self.block_replies_orphaned = 0  # replies read for a blocked client that had left
 
     def count_transaction(self, result: str) -> None:
         self.transactions[result] += 1

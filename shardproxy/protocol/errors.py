@@ -18,10 +18,6 @@ REPLIES: dict[str, tuple[str, str]] = {
         "server administration, pub/sub, the script debugger and other commands "
         "that cannot be proxied yet",
     ),
-    "blocking": (
-        "ERR blocking command '{name}' is not supported by shardproxy",
-        "BLPOP and friends, and XREAD/XREADGROUP with BLOCK",
-    ),
     "denied": (
         "ERR command '{name}' is denied by the proxy configuration (deny_commands)",
         "the operator listed the command in deny_commands",

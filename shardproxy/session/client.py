@@ -38,6 +38,7 @@ from shardproxy.backend.slots import PushConsumer, Recipient, ReplySlot
 from shardproxy.commands.table import (
     KIND_ALL,
     KIND_ANY,
+    KIND_BLOCKING,
     KIND_DENIED,
     KIND_KEYED,
     KIND_LOCAL,
@@ -53,8 +54,19 @@ from shardproxy.commands.table import (
 from shardproxy.protocol import encode, errors, requests
 from shardproxy.protocol.fifo import Fifo
 from shardproxy.routing.router import Router, ShardNodes
+from shardproxy.session import blocked, wait
+from shardproxy.session.blocked import BlockedMode
 from shardproxy.session.host import SessionHost
-from shardproxy.session.modes import NORMAL, TRANSACTION, WATCHING, ClientMode, next_mode
+from shardproxy.session.modes import (
+    BLOCKED,
+    BLOCKING,
+    NORMAL,
+    TRANSACTION,
+    WATCHING,
+    ClientMode,
+    Request,
+    next_mode,
+)
 from shardproxy.session.queue import QueuedReply
 from shardproxy.session.transaction import TransactionMode
 from shardproxy.session.watch import WatchMode
@@ -132,6 +144,7 @@ class ClientSession(Recipient):
         "_pushes",
         "closing",
         "counters",
+        "held",
         "host",
         "id",
         "info",
@@ -148,6 +161,7 @@ class ClientSession(Recipient):
         "transport",
         "write_paused",
         "writes",
+        "wrote",
     )
 
     def __init__(self, host: SessionHost) -> None:
@@ -168,9 +182,11 @@ class ClientSession(Recipient):
         self._pushes: ClientPushes | None = None  # made when the client first holds a lease
         self.closing = False  # close once the queue is flushed; read nothing more
         self.reading_paused = False
+        self.held = False  # reading stopped by the mode (a blocked command's later requests)
         self.write_paused = False
         self.peer = ""
         self.writes: dict[str, float] | None = None  # shard -> clock() of this client's last write
+        self.wrote = 0  # bit i: wrote to shard i since the last WAIT (-1: renumbered, all)
         self.request_cmd = UNKNOWN
         self.request_time = 0.0  # perf_counter() of the read being dispatched
 
@@ -215,6 +231,7 @@ class ClientSession(Recipient):
         if (
             self.reading_paused
             and not self.write_paused
+            and not self.held
             and not self.closing
             and self.transport is not None
             and len(self.queue) <= self.host.limits.max_pending_per_client // 2
@@ -243,6 +260,8 @@ class ClientSession(Recipient):
         pin = old.take_pin() if old is not None else None
         if name == TRANSACTION:
             self.mode = TransactionMode(self.stats, pin)
+        elif name == BLOCKED:
+            self.mode = BlockedMode(self.stats, pin)
         elif name == WATCHING:
             self.mode = WatchMode(pin)
         else:
@@ -251,6 +270,79 @@ class ClientSession(Recipient):
                 pin.release()
         if old is not None:
             old.close()
+
+    def hold_reading(self, hold: bool) -> None:
+        """A mode stops (or resumes) reading the client: while a blocking command waits, its
+        later requests are kept, and no more are read."""
+        self.held = hold
+        if hold:
+            self._pause_reading()
+        else:
+            self._maybe_resume_reading()
+
+    def block(self, spec: CommandSpec, argv: list[bytes]) -> None:
+        """A blocking command: checked, then run in blocked mode (session/blocked.py)."""
+        req = blocked.parse(spec, argv)
+        if isinstance(req, bytes):
+            self.reply_now(req)
+            return
+        if not req.keys:
+            self.send_to_shard(0, True, encode.encode_command(argv))  # malformed: Redis says why
+            return
+        if self.host.router.shard_of_keys(req.keys) < 0:
+            self.reply_now(errors.reply("crossslot"))
+            return
+        following = next_mode(self.mode.name if self.mode is not None else NORMAL, BLOCKING)
+        self.set_mode(following)
+        mode = self.mode
+        if isinstance(mode, BlockedMode):
+            mode.start(self, req)
+
+    def wrote_to(self, shard: int) -> None:
+        """A write to ``shard`` (an index of the live router) that WAIT must cover."""
+        self.wrote |= 1 << shard
+
+    def wait(self, argv: list[bytes]) -> None:
+        """WAIT: on the shards written to since the last WAIT (session/wait.py)."""
+        n = len(self.host.router.shards)
+        mask, self.wrote = self.wrote, 0
+        shards = [i for i in range(n) if mask & (1 << i)] if mask > 0 else list(range(n))
+        wait.wait(self, argv, shards)
+
+    def end_block(self, back: str, deferred: list[Request]) -> None:
+        """The blocking command's reply is in: back to ``back``; the requests read meanwhile
+        run now, in order (one of them may block again and keep the rest)."""
+        self.set_mode(back)
+        self.hold_reading(False)
+        for i, (spec, argv, frame) in enumerate(deferred):
+            self.request_cmd = UNKNOWN if spec is None else spec.index
+            self.request_time = clock()
+            try:
+                self.dispatch(spec, argv, frame)
+            except Exception as exc:  # a bug must not take the connection down
+                log.exception("internal error on %r", argv[0][:64])
+                self.reply_now(errors.reply("internal", detail=f"{type(exc).__name__}: {exc}"))
+            mode = self.mode
+            if isinstance(mode, BlockedMode):
+                mode.deferred.extend(deferred[i + 1 :])
+                return
+            if self.closing:
+                return
+
+    def router_changed(self) -> None:
+        """A new router was published (reload, ejection): a blocked command follows its keys;
+        shard numbers may have changed, so the next WAIT asks every shard."""
+        if self.wrote:
+            self.wrote = -1
+        if self.mode is not None:
+            self.mode.router_changed()
+
+    def blocked_shard(self) -> str | None:
+        """The shard this client's blocking command waits on, if it is blocked."""
+        mode = self.mode
+        if isinstance(mode, BlockedMode) and mode.client is not None:
+            return mode.shard
+        return None
 
     def reset_connection(self) -> None:
         """RESET: RESP2, no name, normal mode."""
@@ -280,6 +372,7 @@ class ClientSession(Recipient):
         shards = router.shards
         direct = router.direct
         normal = self.mode is None
+        wrote = 0
         for argv, frame in reqs:
             spec = table.get(argv[0])
             if spec is None:
@@ -292,9 +385,10 @@ class ClientSession(Recipient):
                     if direct:
                         slot = QueuedReply(self, spec.index, now)
                         queue.append(slot)
-                        shards[ring.shard_index(argv[1])].primary.connection(proto, cid).send(
-                            frame, slot
-                        )
+                        i = ring.shard_index(argv[1])
+                        if spec.write:
+                            wrote |= 1 << i
+                        shards[i].primary.connection(proto, cid).send(frame, slot)
                     else:
                         self.request_cmd = spec.index
                         self.send_to_shard(ring.shard_index(argv[1]), spec.write, frame, (argv[1],))
@@ -309,6 +403,8 @@ class ClientSession(Recipient):
                 break
             proto = self.proto  # HELLO may have switched it
             normal = self.mode is None  # MULTI, EXEC ... may have switched the mode
+        if wrote:
+            self.wrote |= wrote
         if parser.error is not None and not self.closing:
             self.request_cmd = UNKNOWN
             self.reply_now(errors.reply("protocol", detail=parser.error))
@@ -372,6 +468,11 @@ class ClientSession(Recipient):
             self.host.scripts.forward(self, spec, argv, frame)
         elif kind == KIND_NODES:
             self.host.scripts.all_nodes(self, spec, argv, frame)
+        elif kind == KIND_BLOCKING:
+            if spec.name == "wait":
+                self.wait(argv)
+            else:
+                self.block(spec, argv)
         elif kind == KIND_DENIED:
             self.reply_now(errors.reply("denied", name=spec.name.replace("|", " ")))
         else:
@@ -397,7 +498,7 @@ class ClientSession(Recipient):
 
     def forward_keyed(self, spec: CommandSpec, argv: list[bytes], frame: bytes) -> None:
         if is_blocking(spec, argv):
-            self.reply_now(errors.reply("blocking", name=spec.name))
+            self.block(spec, argv)  # XREAD / XREADGROUP with BLOCK
             return
         positions = get_keys(spec, argv)
         router = self.host.router
@@ -463,6 +564,8 @@ class ClientSession(Recipient):
         writes to a shard, its reads of that shard go to the primary for a while."""
         router = self.host.router
         s = router.shards[shard]
+        if write:
+            self.wrote |= 1 << shard  # (for WAIT)
         ryw = self.host.read_your_writes
         if not router.replica_reads:
             return s, s.primary

@@ -184,6 +184,7 @@ def run_per_shard(
     g = Gather(client, len(order), merge_per_shard, client.proto, plan)
     client.add_slot(g)
     for leg, (s, lease, where) in enumerate(zip(targets, leases, positions, strict=True)):
+        client.wrote_to(router.index_of(s.name))
         forward_then(
             client,
             s,

@@ -11,7 +11,9 @@ transitions between them. Every mode change of a client goes through this module
       │                                  ▼
       └────────── MULTI ─────────▶ TRANSACTION ── EXEC / DISCARD / RESET ──▶ NORMAL
 
-(The blocking and pub/sub modes join this table when they are built.)
+    NORMAL or WATCHING ── BLPOP ... ──▶ BLOCKED ── its reply ──▶ back where it came from
+
+(The pub/sub mode joins this table when it is built.)
 
 Normal mode is no object at all (``ClientSession.mode is None``): the single-key fast path
 tests one local boolean per request and nothing else. Any other mode is a
@@ -38,6 +40,13 @@ from shardproxy.session.queue import QueuedReply
 NORMAL: Final = "normal"
 WATCHING: Final = "watching"
 TRANSACTION: Final = "transaction"
+BLOCKED: Final = "blocked"
+#: the transitions' pseudo-commands of blocked mode
+BLOCKING: Final = "(a blocking command)"
+UNBLOCKED: Final = "(its reply)"
+
+#: a request as the session parsed it: its spec (None if unknown), argv and raw frame
+Request = tuple[CommandSpec | None, list[bytes], bytes]
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +78,15 @@ MODES: Final[tuple[ModeRule, ...]] = (
         "session.watch",
     ),
     ModeRule(
+        BLOCKED,
+        "a blocking command: BLPOP BRPOP BRPOPLPUSH BLMOVE BLMPOP BZPOPMIN BZPOPMAX BZMPOP, "
+        "XREAD/XREADGROUP with BLOCK (keys on one shard)",
+        "the command, on a leased connection to the shard's primary, with its own timeout; "
+        "the client's later requests wait and run in order once it returns",
+        "its reply (back to the mode it came from: normal, or watching)",
+        "session.blocked",
+    ),
+    ModeRule(
         TRANSACTION,
         "MULTI",
         "commands are checked and queued in the proxy (`+QUEUED`); the first keyed one (or "
@@ -88,6 +106,9 @@ TRANSITIONS: Final[dict[tuple[str, str], str]] = {
     (WATCHING, "unwatch"): NORMAL,
     (WATCHING, "multi"): TRANSACTION,
     (WATCHING, "reset"): NORMAL,
+    (NORMAL, BLOCKING): BLOCKED,
+    (WATCHING, BLOCKING): BLOCKED,  # the watch is kept across the block
+    (BLOCKED, UNBLOCKED): NORMAL,  # or WATCHING, when it came from there
     (TRANSACTION, "exec"): NORMAL,
     (TRANSACTION, "discard"): NORMAL,
     (TRANSACTION, "reset"): NORMAL,
@@ -112,6 +133,9 @@ def next_mode(mode: str, command: str) -> str:
 class Limits(Protocol):
     @property
     def max_request_bytes(self) -> int: ...
+
+    @property
+    def max_pending_per_client(self) -> int: ...
 
 
 class ModeHost(Protocol):
@@ -161,6 +185,18 @@ class ModeClient(Protocol):
         """Leave the current mode for ``name`` (:data:`NORMAL` drops the mode object)."""
         ...
 
+    def wrote_to(self, shard: int) -> None:
+        """A write to ``shard`` (an index of the live router) that a later WAIT must cover."""
+        ...
+
+    def hold_reading(self, hold: bool) -> None:
+        """Stop reading the client's socket (True) or read again (False)."""
+        ...
+
+    def end_block(self, back: str, deferred: list[Request]) -> None:
+        """A blocking command's reply is in: back to mode ``back``, run ``deferred``."""
+        ...
+
 
 class Pin:
     """A client pinned to one shard: a leased connection to the shard's primary, held from
@@ -195,6 +231,9 @@ class ClientMode:
         """Hand the leased connection this mode holds to the next mode: this mode forgets it,
         so :meth:`close` no longer gives it back. None if it holds none."""
         return None
+
+    def router_changed(self) -> None:
+        """A reload or an ejection published a new router (blocked mode follows its keys)."""
 
     def close(self) -> None:
         """The client left, or the mode ends: give back what the mode holds."""

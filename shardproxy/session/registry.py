@@ -21,6 +21,10 @@ class Client(Protocol):
 
     def abort(self) -> None: ...
 
+    def router_changed(self) -> None: ...
+
+    def blocked_shard(self) -> str | None: ...
+
 
 class ClientRegistry:
     """Counts clients in and out against ``limits.max_clients``; refuses new ones while the
@@ -61,6 +65,20 @@ class ClientRegistry:
         """The drain timeout passed: drop the clients still open."""
         for session in list(self.clients):
             session.abort()
+
+    def router_changed(self) -> None:
+        """A new router was published: clients whose mode follows keys (blocked) look again."""
+        for session in list(self.clients):
+            session.router_changed()
+
+    def blocked(self) -> dict[str, int]:
+        """Blocked clients per shard."""
+        out: dict[str, int] = {}
+        for session in self.clients:
+            shard = session.blocked_shard()
+            if shard is not None:
+                out[shard] = out.get(shard, 0) + 1
+        return out
 
     def pending_requests(self) -> int:
         """Requests read from clients and not yet answered."""

@@ -223,6 +223,7 @@ class TransactionMode(ClientMode):
             return
         slot = ExecReply(stats)
         client.add_slot(slot)
+        client.wrote_to(client.host.router.index_of(s.name))
         frames = self.frames
         got: Lease = lease
         forward_then(client, s, [k for ks in self.keys for k in ks], got, frames, slot)
