@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import statistics
 import subprocess
 import threading
@@ -12,8 +13,10 @@ from pathlib import Path
 import pytest
 import redis
 import redis.asyncio as aredis
+import yaml
 from redis.exceptions import ResponseError
 
+from shardproxy.routing.ring import Ring
 from tests.conftest import Fleet, Proxy, free_port, metric_key
 from tests.test_failover import wait_all_up, wait_for
 from tests.test_transactions import keys_on, raw, read, send
@@ -351,9 +354,7 @@ def test_wait_counts_the_replicas_of_the_shards_written_to(
         with s3.replicas[0].client() as r:
             assert r.get(a) is None  # (the key lives elsewhere)
         # a stopped replica on a shard the client did not write to does not matter...
-        import signal as _signal
-
-        s3.replicas[0].signal(_signal.SIGSTOP)
+        s3.replicas[0].signal(signal.SIGSTOP)
         try:
             c.set(a, "3")
             assert c.wait(1, 1000) == 1
@@ -364,6 +365,52 @@ def test_wait_counts_the_replicas_of_the_shards_written_to(
             assert c.wait(1, 300) == 0
             assert 0.25 < time.monotonic() - t0 < 2
         finally:
-            s3.replicas[0].signal(_signal.SIGCONT)
+            s3.replicas[0].signal(signal.SIGCONT)
         with pytest.raises(ResponseError, match="timeout is negative"):
             c.wait(1, -1)
+
+
+def test_a_reload_that_moves_the_key_follows_the_blocked_client(
+    fleet: Fleet, make_proxy: object
+) -> None:
+    """The key a client is blocked on moves to a shard the reload adds: the block is
+    cancelled on the old owner and sent to the new one, and a push through the proxy (which
+    goes to the new owner) wakes it."""
+    fleet.flushall()
+    topo = fleet.topology(admin=f"127.0.0.1:{free_port()}")
+    shards = topo["shards"]  # type: ignore[index]
+    two = dict(topo, shards=shards[:2])
+    p: Proxy = make_proxy(two)  # type: ignore[operator]
+    before = Ring.build([("s1", 1), ("s2", 1)])
+    after = Ring.build([("s1", 1), ("s2", 1), ("s3", 1)])
+    q = next(
+        k
+        for k in (f"moving{i}" for i in range(10_000))
+        if after.shard_name(k.encode()) == "s3" and before.shard_name(k.encode()) != "s3"
+    )
+    box: list[object] = []
+
+    def wait() -> None:
+        with p.client() as c:
+            box.append(c.blpop(q, 20))
+
+    waiter = threading.Thread(target=wait)
+    waiter.start()
+    with p.client() as c:
+        wait_for("blocked", lambda: int(c.info("clients")["blocked_clients"]) == 1, 5)
+    p.path.write_text(yaml.safe_dump(topo))
+    assert p.proc is not None
+    p.proc.send_signal(signal.SIGHUP)
+    wait_for("reloaded", lambda: "reload (SIGHUP) applied" in p.output(), 10)
+    wait_for(
+        "re-issued",
+        lambda: p.scrape().get(metric_key("shardproxy_blocks_reissued_total"), 0) >= 1,
+        10,
+    )
+    with p.client() as c:
+        c.rpush(q, "moved")
+    waiter.join(10)
+    assert box == [[q.encode(), b"moved"]] or box == [(q.encode(), b"moved")]
+    s3 = next(s for s in fleet.shards if s.name == "s3")
+    with s3.primary.client() as direct:
+        assert direct.exists(q) == 0  # popped from the new owner

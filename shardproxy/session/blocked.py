@@ -64,8 +64,9 @@ _FOREVER = 10.0 * 365 * 86400  # a lease deadline for "block forever"
 
 _TIMEOUT_FIRST = frozenset({"blmpop", "bzmpop"})  # timeout numkeys key ...
 _BULK_NULL = frozenset({"brpoplpush", "blmove"})  # time out with a null bulk, not array
-_LL = re.compile(rb"-?(?:0|[1-9][0-9]{0,18})\Z")
-_FLOAT = re.compile(rb"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?\Z|[+-]?inf\Z", re.I)
+_LL = re.compile(rb"(?:0|-?[1-9][0-9]{0,18})\Z")  # Redis's string2ll: no "-0", no "+", no "00"
+_HEX = re.compile(rb"[+-]?0[xX]")
+_LLONG_MAX = 2**63 - 1
 
 
 class BlockRequest:
@@ -111,16 +112,33 @@ def parse(spec: CommandSpec, argv: list[bytes]) -> BlockRequest | bytes:
         value = int(text) / 1000
     else:
         index = 1 if name in _TIMEOUT_FIRST else len(argv) - 1
-        text = argv[index]
-        if not _FLOAT.match(text):
+        parsed = _long_double(argv[index])
+        if parsed is None:
             return b"-ERR timeout is not a float or out of range\r\n"
-        value = float(text)
-        if math.isinf(value) and value > 0:
+        value = parsed
+        if value * 1000 > _LLONG_MAX:
             return b"-ERR timeout is out of range\r\n"
     if value < 0:
         return b"-ERR timeout is negative\r\n"
     keys = [argv[i] for i in get_keys(spec, argv)]
     return BlockRequest(spec, argv, keys, index, value)
+
+
+def _long_double(text: bytes) -> float | None:
+    """The number strtold reads in ``text`` as Redis accepts it (all of it, no leading space,
+    not NaN; decimal, exponent, hexadecimal, inf), or None."""
+    if not text or text[:1].isspace() or b"_" in text:
+        return None
+    try:
+        if _HEX.match(text):
+            value = float.fromhex(text.decode("ascii"))
+        else:
+            value = float(text)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if math.isnan(value) or text[-1:].isspace():
+        return None
+    return value
 
 
 def _block_option(argv: list[bytes], start: int) -> int:
@@ -170,15 +188,16 @@ class UnblockCheck(ReplySlot):
     """CLIENT UNBLOCK's answer: ``:0`` means the block had not started or already ended; if
     the lease still waits after a moment, it is closed (which ends any block on it)."""
 
-    __slots__ = ("lease",)
+    __slots__ = ("holder", "lease")
 
     def __init__(self, lease: Lease) -> None:
         self.lease = lease
+        self.holder = lease.holder  # the client that left (a lease given back has another)
 
     def complete(self, reply: bytes) -> Recipient | None:
         if reply != b":1\r\n":
             lease = self.lease
-            lease.loop.call_later(_UNBLOCK_GRACE_S, _close_if_waiting, lease)
+            lease.loop.call_later(_UNBLOCK_GRACE_S, _close_if_waiting, lease, self.holder)
         return None
 
     def fail(self, reply: bytes) -> Recipient | None:
@@ -186,8 +205,8 @@ class UnblockCheck(ReplySlot):
         return None
 
 
-def _close_if_waiting(lease: Lease) -> None:
-    if lease.pending:
+def _close_if_waiting(lease: Lease, holder: object) -> None:
+    if lease.holder is holder and lease.pending:
         lease.close("the blocked command's client has gone")
 
 
@@ -197,6 +216,7 @@ class BlockedMode(ClientMode):
     __slots__ = (
         "client",
         "counters",
+        "demoted",
         "deadline",
         "deferred",
         "lease",
@@ -229,6 +249,7 @@ class BlockedMode(ClientMode):
         self.turn = 0
         self.recovering = 0.0  # clock() when the connection failed (0: not recovering)
         self.moving = False  # cancelled because a reload moved the keys: send it again
+        self.demoted: Node | None = None  # a node that said it is no primary: not that one
         self.poll: asyncio.TimerHandle | None = None
 
     def handle(
@@ -239,7 +260,7 @@ class BlockedMode(ClientMode):
             client.hold_reading(True)  # enough kept: read no more until the block returns
         return True
 
-    def start(self, client: ModeClient, req: BlockRequest) -> None:
+    def start(self, client: ModeClient, req: BlockRequest, frame: bytes) -> None:
         """Send the command (the client has just entered this mode)."""
         self.client = client
         self.req = req
@@ -247,7 +268,7 @@ class BlockedMode(ClientMode):
         self.started = clock()
         self.deadline = self.started + req.timeout if req.timeout > 0 else 0.0
         self.counters.blocks += 1
-        self.send(req.frame(req.timeout))
+        self.send(frame)  # as the client wrote it; a re-issue says the time left
 
     def send(self, frame: bytes) -> None:
         client = self.client
@@ -264,7 +285,9 @@ class BlockedMode(ClientMode):
         lease = node.leases.acquire(client.proto, client.push_consumer())
         if lease is None:
             limit = node.settings.max_leases
-            self.finish(errors.reply("lease_limit", shard=s.name, node=node.address, limit=limit))
+            self.finish_and_flush(
+                errors.reply("lease_limit", shard=s.name, node=node.address, limit=limit)
+            )
             return
         self.shard = s.name
         self.node = node
@@ -300,8 +323,11 @@ class BlockedMode(ClientMode):
             self.counters.blocks_reissued += 1
             self.send(req.frame(self._left()))
             return None
-        if (failed and not _is_timeout(reply)) or reply.startswith(b"-UNBLOCKED"):
-            self.recover()  # the node went away, or stopped being a primary
+        if failed and not _is_timeout(reply):
+            self.recover(None)  # the node went away: a new primary, or the same one back
+            return None
+        if reply.startswith(_NOT_PRIMARY):
+            self.recover(self.node)  # it stopped being a primary: wait for another
             return None
         return self.finish(reply)
 
@@ -316,11 +342,13 @@ class BlockedMode(ClientMode):
 
     # -- failover --------------------------------------------------------------------------
 
-    def recover(self) -> None:
-        """The block's connection failed: wait for the keys' shard to have a usable primary
-        (a new one after a failover, or the same one back), then send the command again."""
+    def recover(self, demoted: Node | None) -> None:
+        """The block's connection failed (``demoted`` None), or its node is no primary any
+        more: wait for the keys' shard to have a usable primary (a new one after a failover,
+        or, after a lost connection, the same one back), then send the command again."""
         if self.recovering == 0.0:
             self.recovering = clock()
+        self.demoted = demoted
         self._schedule()
 
     def _schedule(self) -> None:
@@ -345,8 +373,9 @@ class BlockedMode(ClientMode):
             self.finish_and_flush(errors.reply("crossslot"))
             return
         s = router.shards[index]
-        if s.primary.usable:
+        if s.primary.usable and s.primary is not self.demoted:
             self.recovering = 0.0
+            self.demoted = None
             self.counters.blocks_reissued += 1
             self.send(req.frame(self._left()))
             return
@@ -424,7 +453,12 @@ class BlockedMode(ClientMode):
 
 
 def node_detail(node: Node) -> str:
-    return node.last_error() or "no usable primary"
+    error = node.last_error()
+    return "no usable primary" if error in ("", "unknown") else error
+
+
+#: replies of a node that is not (or not yet) a primary the command can block on
+_NOT_PRIMARY = (b"-UNBLOCKED", b"-READONLY", b"-LOADING", b"-MASTERDOWN")
 
 
 def _is_null(reply: bytes) -> bool:

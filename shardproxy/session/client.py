@@ -280,7 +280,7 @@ class ClientSession(Recipient):
         else:
             self._maybe_resume_reading()
 
-    def block(self, spec: CommandSpec, argv: list[bytes]) -> None:
+    def block(self, spec: CommandSpec, argv: list[bytes], frame: bytes) -> None:
         """A blocking command: checked, then run in blocked mode (session/blocked.py)."""
         req = blocked.parse(spec, argv)
         if isinstance(req, bytes):
@@ -296,7 +296,7 @@ class ClientSession(Recipient):
         self.set_mode(following)
         mode = self.mode
         if isinstance(mode, BlockedMode):
-            mode.start(self, req)
+            mode.start(self, req, frame)
 
     def wrote_to(self, shard: int) -> None:
         """A write to ``shard`` (an index of the live router) that WAIT must cover."""
@@ -313,7 +313,7 @@ class ClientSession(Recipient):
         """The blocking command's reply is in: back to ``back``; the requests read meanwhile
         run now, in order (one of them may block again and keep the rest)."""
         self.set_mode(back)
-        self.hold_reading(False)
+        self.held = False
         for i, (spec, argv, frame) in enumerate(deferred):
             self.request_cmd = UNKNOWN if spec is None else spec.index
             self.request_time = clock()
@@ -325,9 +325,13 @@ class ClientSession(Recipient):
             mode = self.mode
             if isinstance(mode, BlockedMode):
                 mode.deferred.extend(deferred[i + 1 :])
-                return
+                break
             if self.closing:
-                return
+                break
+        if len(self.queue) > self.host.limits.max_pending_per_client:
+            self._pause_reading()
+        else:
+            self._maybe_resume_reading()
 
     def router_changed(self) -> None:
         """A new router was published (reload, ejection): a blocked command follows its keys;
@@ -472,7 +476,7 @@ class ClientSession(Recipient):
             if spec.name == "wait":
                 self.wait(argv)
             else:
-                self.block(spec, argv)
+                self.block(spec, argv, frame)
         elif kind == KIND_DENIED:
             self.reply_now(errors.reply("denied", name=spec.name.replace("|", " ")))
         else:
@@ -498,7 +502,7 @@ class ClientSession(Recipient):
 
     def forward_keyed(self, spec: CommandSpec, argv: list[bytes], frame: bytes) -> None:
         if is_blocking(spec, argv):
-            self.block(spec, argv)  # XREAD / XREADGROUP with BLOCK
+            self.block(spec, argv, frame)  # XREAD / XREADGROUP with BLOCK
             return
         positions = get_keys(spec, argv)
         router = self.host.router
