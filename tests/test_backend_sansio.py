@@ -227,6 +227,22 @@ async def test_reply_without_a_request_drops_the_pipeline(
     assert node.errors["protocol"] == 1
 
 
+async def test_a_node_back_up_reconnects_its_pipelines_without_waiting_the_backoff(
+    net: FakeNetwork, make_node: MakeNode
+) -> None:
+    node = make_node(backoff_min=10.0)
+    p = node.connection(2, 1)
+    await settle()
+    server(net).conn.answer(b"+OK\r\n")  # a reply without a request: DOWN, 10 s backoff
+    assert p.state == DOWN and len(server(net).conns) == 1
+    node.reconnect_now()  # health checking saw the node answer again
+    await wait_until(lambda: p.state == READY, timeout=1.0)
+    assert len(server(net).conns) == 2
+    node.reconnect_now()  # nothing DOWN: nothing happens
+    await settle()
+    assert len(server(net).conns) == 2
+
+
 # -- the command timeout -------------------------------------------------------------------
 
 

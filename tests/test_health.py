@@ -41,6 +41,10 @@ class FakeNode:
     unix: str | None = None
     usable: bool = True
     lag_bytes: int | None = None
+    reconnects: int = 0
+
+    def reconnect_now(self) -> None:
+        self.reconnects += 1
 
 
 @dataclass
@@ -137,6 +141,7 @@ async def test_consecutive_failures_mark_down_and_successes_bring_back() -> None
     await m.round(primary=MASTER)
     assert m.state(node) == UP and node.usable
     assert m.changes == [(node.address, s) for s in (UP, DOWN, UP)]
+    assert node.reconnects == 1  # back from DOWN: its data connections reconnect at once
 
 
 async def test_live_traffic_failures_count_with_probe_failures() -> None:

@@ -130,6 +130,9 @@ class NodeBase:
         """A shared connection went DOWN (the node reports it, see ``Node``)."""
         raise NotImplementedError
 
+    def reconnect_now(self) -> None:
+        """The node answers again (health checking): reconnect what is DOWN now (``Node``)."""
+
     def connection_up(self) -> None:
         """A shared connection is READY again."""
         raise NotImplementedError
@@ -290,6 +293,8 @@ class Connection:
         )
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.transport is None and self.state is CONNECTING:
+            return  # the loss of a transport already dropped: a new attempt is under way
         self.transport = None
         if self.state is CLOSED:
             self._fail_pending(None)

@@ -61,6 +61,11 @@ class Node(NodeBase):
             return
         self.connection_up()
 
+    def reconnect_now(self) -> None:
+        """The node answers again (health checking): pipelines still DOWN reconnect now."""
+        for c in self.connections():
+            c.reconnect_now()
+
     def connection_up(self) -> None:
         if self.listener is None:
             self.usable = any(c.state != DOWN for c in self.connections())

@@ -167,6 +167,17 @@ class Pipeline(Connection):
         if self.state is DOWN:
             self.start()
 
+    def reconnect_now(self) -> None:
+        """DOWN and waiting out a backoff: reconnect now, with the backoff reset (the node
+        answers again; health checking says so)."""
+        if self.state is not DOWN:
+            return
+        if self._reconnect_handle is not None:
+            self._reconnect_handle.cancel()
+            self._reconnect_handle = None
+        self._backoff = self.node.settings.backoff_min
+        self.start()
+
     def close(self, detail: str = "node removed") -> None:
         """Close for good (node removed or proxy stopping); pending requests fail."""
         if self._reconnect_handle is not None:

@@ -56,6 +56,10 @@ class ProbedNode(Protocol):
     usable: bool
     lag_bytes: int | None
 
+    def reconnect_now(self) -> None:
+        """The node answers probes again: reconnect its data connections at once."""
+        ...
+
 
 @dataclass
 class Replication:
@@ -349,6 +353,9 @@ class HealthMonitor:
             node.usable = node.role == "primary" or self._replica_ok(h)
             if old == DOWN:
                 log.info("node %s (shard %s, %s) is up again", node.address, node.shard, node.role)
+                # its pipelines may still be waiting out a reconnect backoff: a request routed
+                # to it now must not meet the error of when it was down
+                node.reconnect_now()
 
     # -- replicas --------------------------------------------------------------------------
 
