@@ -2,6 +2,14 @@
 
 Nothing here mocks Redis. Every process a fixture starts is stopped by its PID when the fixture
 ends, whatever the test did.
+
+Which server, and how it runs, is chosen once per test run and printed in pytest's header:
+
+- ``SHARDPROXY_TEST_SERVER=redis`` (default) or ``valkey``: the servers are ``redis-server`` /
+  ``redis-sentinel`` or ``valkey-server`` / ``valkey-sentinel``.
+- ``SHARDPROXY_TEST_FLEET=auto`` (default), ``processes`` or ``containers``: ``auto`` runs the
+  servers as processes when the binary is installed, and otherwise as containers of the image
+  ``deploy/docker/compose.yaml`` uses when a Docker engine answers (``tests/containers.py``).
 """
 
 from __future__ import annotations
@@ -27,8 +35,78 @@ import pytest
 import redis
 import yaml
 
-REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 REPO = Path(__file__).resolve().parent.parent
+
+# -- which server, processes or containers (chosen once, shown by pytest_report_header) ---------
+
+SERVER_BINARIES = {
+    "redis": ("redis-server", "redis-sentinel"),
+    "valkey": ("valkey-server", "valkey-sentinel"),
+}
+
+
+def _binary(name: str) -> str:
+    return shutil.which(name) or f"/usr/bin/{name}"
+
+
+def _installed(path: str) -> bool:
+    return os.path.isfile(path) and os.access(path, os.X_OK)
+
+
+SERVER_KIND = os.environ.get("SHARDPROXY_TEST_SERVER", "").strip().lower() or "redis"
+if SERVER_KIND not in SERVER_BINARIES:
+    raise pytest.UsageError(
+        f"SHARDPROXY_TEST_SERVER={SERVER_KIND!r}: must be one of {', '.join(SERVER_BINARIES)}"
+    )
+SERVER_NAME, SENTINEL_NAME = SERVER_BINARIES[SERVER_KIND]
+REDIS_SERVER = _binary(SERVER_NAME)  # the server binary the fixtures run (redis or valkey)
+REDIS_SENTINEL = _binary(SENTINEL_NAME)
+
+
+def _select_fleet() -> tuple[str, str]:
+    """("processes" | "containers", why), from SHARDPROXY_TEST_FLEET and what is installed."""
+    from tests import containers
+
+    return containers.choose_fleet(
+        os.environ.get("SHARDPROXY_TEST_FLEET", ""),
+        server_kind=SERVER_KIND,
+        binary=REDIS_SERVER if _installed(REDIS_SERVER) else None,
+        engine=containers.docker_engine,
+    )
+
+
+if SERVER_KIND != "redis" and not _installed(REDIS_SERVER):
+    raise pytest.UsageError(
+        f"SHARDPROXY_TEST_SERVER={SERVER_KIND}: {SERVER_NAME} is not installed "
+        "(deploy/setup.sh installs it; on Debian 12 from bookworm-backports)"
+    )
+FLEET_MODE, FLEET_WHY = _select_fleet()
+
+
+def _version(binary: str) -> str:
+    if not _installed(binary):
+        return "not installed"
+    try:
+        out = subprocess.run(
+            [binary, "--version"], capture_output=True, text=True, timeout=10, check=False
+        ).stdout
+    except (OSError, subprocess.SubprocessError) as exc:
+        return f"does not run: {exc}"
+    m = re.search(r"v=(\S+)", out)
+    return m.group(1) if m else out.strip()
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    if FLEET_MODE == "containers":
+        from tests import containers
+
+        servers = f"servers: {SERVER_KIND} in containers of {containers.SERVER_IMAGE}"
+    else:
+        servers = (
+            f"servers: {SERVER_KIND} (SHARDPROXY_TEST_SERVER): {REDIS_SERVER} "
+            f"{_version(REDIS_SERVER)}, {REDIS_SENTINEL} {_version(REDIS_SENTINEL)}"
+        )
+    return [servers, f"fleet: {FLEET_MODE} (SHARDPROXY_TEST_FLEET): {FLEET_WHY}"]
 
 
 def metric_key(name: str, **labels: str) -> str:
@@ -67,7 +145,8 @@ def wait_port(
 
 
 class RedisServer:
-    """One redis-server process on 127.0.0.1 (no persistence)."""
+    """One redis-server (or valkey-server) on 127.0.0.1 (no persistence): a process, or a
+    container of compose.yaml's image on the host's network (see FLEET_MODE)."""
 
     def __init__(
         self, workdir: Path, port: int | None = None, replicaof: int | None = None
@@ -77,12 +156,18 @@ class RedisServer:
         self.dir = workdir / f"redis-{self.port}"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.proc: subprocess.Popen[bytes] | None = None
+        self.container: Any = None  # a tests.containers.ServerContainer in containers mode
 
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    def start(self) -> RedisServer:
+    @property
+    def running(self) -> bool:
+        return self.proc is not None or self.container is not None
+
+    def argv(self) -> list[str]:
+        """The command line of the server process (containers run the same flags)."""
         args = [
             REDIS_SERVER,
             "--port", str(self.port),
@@ -96,7 +181,18 @@ class RedisServer:
         ]  # fmt: skip
         if self.replicaof:
             args += ["--replicaof", "127.0.0.1", str(self.replicaof)]
-        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        return args
+
+    def start(self) -> RedisServer:
+        if FLEET_MODE == "containers":
+            from tests.containers import ServerContainer, server_spec
+
+            self.container = ServerContainer(server_spec(self.argv())).start()
+            wait_port(self.port, timeout=60)  # a first run may pull the image
+            return self
+        self.proc = subprocess.Popen(
+            self.argv(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         wait_port(self.port, proc=self.proc)
         return self
 
@@ -104,10 +200,15 @@ class RedisServer:
         return redis.Redis(host="127.0.0.1", port=self.port, protocol=2, **kw)  # type: ignore[arg-type]
 
     def signal(self, sig: int) -> None:
-        if self.proc is not None and self.proc.poll() is None:
+        if self.container is not None:
+            self.container.signal(sig)
+        elif self.proc is not None and self.proc.poll() is None:
             os.kill(self.proc.pid, sig)
 
     def kill(self) -> None:
+        if self.container is not None:
+            self.container.kill()
+            self.container = None
         if self.proc is not None:
             self.signal(signal.SIGCONT)
             self.signal(signal.SIGKILL)
@@ -115,6 +216,9 @@ class RedisServer:
             self.proc = None
 
     def stop(self) -> None:
+        if self.container is not None:
+            self.container.stop()
+            self.container = None
         if self.proc is not None:
             self.signal(signal.SIGCONT)
             self.proc.terminate()
@@ -171,7 +275,7 @@ class Fleet:
 
     def flushall(self) -> None:
         for s in self.shards:
-            if s.primary.proc is not None:
+            if s.primary.running:
                 with s.primary.client() as c:
                     c.flushall()
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import shutil
 import subprocess
 import threading
 import time
@@ -31,10 +30,7 @@ from shardproxy.control.health import HealthMonitor, HealthSettings
 from shardproxy.control.sentinel import CHANNELS, SentinelFailover, parse_answer, parse_event
 from shardproxy.protocol import encode, requests
 from shardproxy.routing.ring import Ring
-from tests.conftest import Fleet, Proxy, free_port, wait_port
-
-REDIS_SENTINEL = shutil.which("redis-sentinel") or "/usr/bin/redis-sentinel"
-
+from tests.conftest import REDIS_SENTINEL, Fleet, Proxy, free_port, wait_port
 
 # -- helpers ------------------------------------------------------------------------------------
 

@@ -216,9 +216,9 @@ class BlockedMode(ClientMode):
     __slots__ = (
         "client",
         "counters",
-        "demoted",
         "deadline",
         "deferred",
+        "demoted",
         "lease",
         "moving",
         "node",
