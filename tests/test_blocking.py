@@ -70,7 +70,7 @@ def test_block_longer_than_the_command_timeout_returns_nil(
         t0 = time.monotonic()
         assert c.blpop("never", 2) is None
         took = time.monotonic() - t0
-        assert 1.9 < took < 3.0, took
+        assert 1.9 < took < 4.0, took  # the block's own 2 s, not command_ms (0.5 s)
         # a 0 timeout blocks for good: still waiting after 3 s, then a push wakes it
         box: list[object] = []
         waiter = threading.Thread(target=lambda: box.append(c.blpop("forever", 0)))
@@ -350,7 +350,7 @@ def test_wait_counts_the_replicas_of_the_shards_written_to(
         c.set(b, "2")
         t0 = time.monotonic()
         assert c.wait(1, 2000) == 1  # each written shard's one replica has the write
-        assert time.monotonic() - t0 < 1.5
+        assert time.monotonic() - t0 < 1.95  # answered once acknowledged, not at the timeout
         with s3.replicas[0].client() as r:
             assert r.get(a) is None  # (the key lives elsewhere)
         # a stopped replica on a shard the client did not write to does not matter...
