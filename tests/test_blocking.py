@@ -414,3 +414,53 @@ def test_a_reload_that_moves_the_key_follows_the_blocked_client(
     s3 = next(s for s in fleet.shards if s.name == "s3")
     with s3.primary.client() as direct:
         assert direct.exists(q) == 0  # popped from the new owner
+
+
+def test_blocked_client_survives_a_sentinel_failover(tmp_path: Path) -> None:
+    from tests.test_sentinel import Sentinels, proxy_topology, start_fleet
+
+    fleet = Fleet(tmp_path / "fleet", shards=3, replicas=1)
+    sentinels = Sentinels(tmp_path, fleet)
+    p: Proxy | None = None
+    try:
+        start_fleet(fleet)
+        sentinels.start()
+        sentinels.wait_ready()
+        p = Proxy(proxy_topology(fleet, sentinels, poll_ms=60000), tmp_path).start()
+        proxy = p
+        (q,) = keys_on("s1", 1, "sfo")
+        victim = next(s for s in fleet.shards if s.name == "s1")
+        box: list[object] = []
+        errors: list[BaseException] = []
+
+        def wait() -> None:
+            try:
+                with proxy.client() as c:
+                    box.append(c.blpop(q, 40))
+            except BaseException as exc:  # reported below
+                errors.append(exc)
+
+        waiter = threading.Thread(target=wait)
+        waiter.start()
+        with proxy.client() as c:
+            wait_for("blocked", lambda: int(c.info("clients")["blocked_clients"]) == 1, 5)
+        victim.primary.kill()
+        t_kill = time.monotonic()
+        wait_for(
+            "re-issued",
+            lambda: proxy.scrape().get(metric_key("shardproxy_blocks_reissued_total"), 0) >= 1,
+            30,
+        )
+        reissued = time.monotonic() - t_kill
+        assert waiter.is_alive() and not errors, (errors, proxy.output()[-3000:])
+        with proxy.client() as c:
+            c.rpush(q, "after-sentinel-failover")
+        waiter.join(10)
+        assert not errors, errors
+        assert [list(x) for x in box] == [[q.encode(), b"after-sentinel-failover"]]  # type: ignore[call-overload]
+        print(f"[sentinel] kill -> block re-issued on the new primary {reissued:.2f} s")
+    finally:
+        if p is not None:
+            p.stop()
+        sentinels.stop()
+        fleet.stop()

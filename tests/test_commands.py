@@ -34,10 +34,9 @@ from shardproxy.commands.table import (
     is_blocking,
     iter_specs,
     lookup,
-    markdown_table,
     resolve,
-    specs_by_kind,
 )
+from shardproxy.commands.views import markdown_table, specs_by_kind
 from shardproxy.protocol.replies import RedisReplyError
 
 

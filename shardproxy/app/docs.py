@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable
 
 from shardproxy import config
-from shardproxy.commands import table as commands
+from shardproxy.commands import views as commands
 from shardproxy.observe import metrics
 from shardproxy.protocol import errors
 from shardproxy.session import modes

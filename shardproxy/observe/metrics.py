@@ -75,7 +75,7 @@ METRICS: tuple[MetricDef, ...] = (
     MetricDef("shardproxy_noscript_recoveries_total", "counter", (), "EVALSHA/EVALSHA_RO answered NOSCRIPT by a node and run again there after the proxy loaded the script.", "sum"),
     MetricDef("shardproxy_blocked_clients", "gauge", ("shard",), "Clients waiting for a blocking command's reply (BLPOP, XREAD BLOCK ...), by the shard it runs on.", "sum"),
     MetricDef("shardproxy_blocking_commands_total", "counter", (), "Blocking commands started.", "sum"),
-    MetricDef("shardproxy_blocks_reissued_total", "counter", (), "Blocking commands sent again, with the time left, after their connection failed (a failover, a node restart) or a reload moved their keys.", "sum"),
+    MetricDef("shardproxy_blocks_reissued_total", "counter", (), "Blocking commands sent again, with the time left, after their connection failed (a failover, a node restart) or a reload moved their keys, counted once the node they were sent to has them.", "sum"),
     MetricDef("shardproxy_block_replies_orphaned_total", "counter", (), "Replies of a blocking command read after its client had left (the element was popped as the client disconnected; each is logged with its key).", "sum"),
     MetricDef("shardproxy_backend_lease_limit", "gauge", ("shard", "node"), "backend.max_leases: the dedicated connections a node may have open per worker.", "max"),
     MetricDef("shardproxy_migration_active", "gauge", (), "1 while keys that a reload moved to another shard are being moved.", "max"),

@@ -168,16 +168,22 @@ class LeaseAnswer(ReplySlot):
 
 
 class ServerId(ReplySlot):
-    """CLIENT ID of a lease, sent before its first block: what CLIENT UNBLOCK names."""
+    """CLIENT ID of a lease, sent before its first block (what CLIENT UNBLOCK names) and
+    before every re-issue: its answer says the re-issued block reached a node."""
 
-    __slots__ = ("lease",)
+    __slots__ = ("lease", "mode", "turn")
 
-    def __init__(self, lease: Lease) -> None:
+    def __init__(self, lease: Lease, mode: BlockedMode | None = None, turn: int = 0) -> None:
         self.lease = lease
+        self.mode = mode  # a re-issue's: told when the node has it
+        self.turn = turn
 
     def complete(self, reply: bytes) -> Recipient | None:
         if reply[:1] == b":":
             self.lease.server_id = int(reply[1:-2])
+            mode = self.mode
+            if mode is not None:
+                mode.reissued(self.turn)
         return None
 
     def fail(self, reply: bytes) -> Recipient | None:
@@ -270,7 +276,7 @@ class BlockedMode(ClientMode):
         self.counters.blocks += 1
         self.send(frame)  # as the client wrote it; a re-issue says the time left
 
-    def send(self, frame: bytes) -> None:
+    def send(self, frame: bytes, reissue: bool = False) -> None:
         client = self.client
         req = self.req
         if client is None or req is None:
@@ -295,7 +301,9 @@ class BlockedMode(ClientMode):
         if req.spec.write:
             client.wrote_to(index)
         self.turn += 1
-        if lease.server_id < 0:
+        if reissue:
+            lease.send(_CLIENT_ID, ServerId(lease, self, self.turn))
+        elif lease.server_id < 0:
             lease.send(_CLIENT_ID, ServerId(lease))
         timeout = _FOREVER
         if self.deadline:
@@ -320,8 +328,7 @@ class BlockedMode(ClientMode):
             return None
         if self.moving and not failed and _is_null(reply):
             self.moving = False  # unblocked because a reload moved the keys: go after them
-            self.counters.blocks_reissued += 1
-            self.send(req.frame(self._left()))
+            self.send(req.frame(self._left()), reissue=True)
             return None
         if failed and not _is_timeout(reply):
             self.recover(None)  # the node went away: a new primary, or the same one back
@@ -374,10 +381,8 @@ class BlockedMode(ClientMode):
             return
         s = router.shards[index]
         if s.primary.usable and s.primary is not self.demoted:
-            self.recovering = 0.0
-            self.demoted = None
-            self.counters.blocks_reissued += 1
-            self.send(req.frame(self._left()))
+            # (a primary not yet known to be dead refuses the connection: the next poll)
+            self.send(req.frame(self._left()), reissue=True)
             return
         if now - self.recovering >= RECOVERY_S:
             node = s.primary
@@ -388,6 +393,13 @@ class BlockedMode(ClientMode):
             )
             return
         self._schedule()
+
+    def reissued(self, turn: int) -> None:
+        """A re-issued block reached a node (it answered CLIENT ID): the recovery is over."""
+        if turn == self.turn and self.client is not None:
+            self.recovering = 0.0
+            self.demoted = None
+            self.counters.blocks_reissued += 1
 
     def _left(self) -> float:
         return max(self.deadline - clock(), 0.001) if self.deadline else 0.0
