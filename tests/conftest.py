@@ -468,3 +468,33 @@ async def net() -> AsyncIterator[Any]:
     with FakeNetwork.installed(asyncio.get_running_loop()) as n:
         yield n
     await settle(3)  # connects cancelled at uninstall end
+
+
+@pytest.fixture
+async def make_host(net: Any) -> AsyncIterator[Any]:
+    """FakeHosts on the sans-IO network (``make_host("a", "b", read_policy=...)``), closed at
+    the end: their clients hang up first, so that no mode's retry races the nodes' closing."""
+    from tests.sansio import FakeHost, settle
+
+    hosts: list[FakeHost] = []
+
+    def make(*names: str, **kw: Any) -> FakeHost:
+        h = FakeHost(net, names or ("a", "b"), **kw)
+        hosts.append(h)
+        return h
+
+    yield make
+    for h in hosts:
+        for c in h.clients:
+            if not c.transport.lost:
+                c.hang_up()
+    await settle(2)
+    for h in hosts:
+        h.close()
+    await settle(2)
+
+
+@pytest.fixture
+async def host(make_host: Any) -> Any:
+    """A FakeHost with shards "a" and "b"."""
+    return make_host()

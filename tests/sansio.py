@@ -27,6 +27,7 @@ from typing import Any
 
 from shardproxy.backend import dial
 from shardproxy.backend.connection import BackendSettings
+from shardproxy.backend.lease import Lease
 from shardproxy.backend.node import Node
 from shardproxy.backend.slots import PushConsumer, Recipient, ReplySlot
 from shardproxy.commands.table import SPEC_COUNT, CommandSpec, denied_sub, lookup_table
@@ -497,3 +498,41 @@ class FakeClient:
 
     def hang_up(self) -> None:
         self.transport.hang_up()
+
+
+# -- what the mode suites share --------------------------------------------------------------
+
+MakeHost = Callable[..., FakeHost]
+
+OK = b"+OK\r\n"
+QUEUED = b"+QUEUED\r\n"
+CROSSSLOT = b"-CROSSSLOT Keys in request don't hash to the same shard\r\n"
+HELLO3_REPLY = b"%1\r\n$6\r\nserver\r\n$5\r\nredis\r\n"
+A_PRIMARY = "10.0.0.1:6379"  # the primaries of FakeHost's shards "a" and "b"
+B_PRIMARY = "10.0.1.1:6379"
+
+
+def the_lease(host: FakeHost, shard: str) -> Lease:
+    """The one leased connection open to ``shard``'s primary (lent out or idle)."""
+    pool = host.primary(shard).leases
+    leases = [*pool.leased, *pool.idle]
+    assert len(leases) == 1, f"shard {shard}: {len(leases)} leases"
+    return leases[0]
+
+
+def conn_of(host: FakeHost, node: Node, transport: object) -> ServerConn:
+    """The server side of the connection ``transport`` to ``node``."""
+    (conn,) = [c for c in host.net.server_of(node).conns if c.transport is transport]
+    return conn
+
+
+def lease_conn(host: FakeHost, shard: str) -> ServerConn:
+    """The server side of the one lease open to ``shard``'s primary."""
+    return conn_of(host, host.primary(shard), the_lease(host, shard).transport)
+
+
+def nothing_sent(host: FakeHost) -> bool:
+    """No connection was opened to any node, so nothing reached one."""
+    return host.net.total_received() == b"" and all(
+        s.conns == [] for s in host.net.servers.values()
+    )

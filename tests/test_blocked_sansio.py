@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Sequence
 from typing import cast
 
 import pytest
@@ -27,60 +27,37 @@ from shardproxy.routing.router import Router, ShardNodes
 from shardproxy.session import blocked
 from shardproxy.session.modes import BLOCKED, WATCHING
 from tests.sansio import (
+    A_PRIMARY,
+    B_PRIMARY,
+    CROSSSLOT,
+    HELLO3_REPLY,
+    OK,
+    QUEUED,
     Arg,
     FakeClient,
     FakeHost,
-    FakeNetwork,
     Limits,
+    MakeHost,
     ServerConn,
     bulk,
     cmd,
+    conn_of,
+    lease_conn,
+    nothing_sent,
     settle,
+    the_lease,
     wait_until,
 )
 
-MakeHost = Callable[..., FakeHost]
-
-OK = b"+OK\r\n"
-QUEUED = b"+QUEUED\r\n"
-CROSSSLOT = b"-CROSSSLOT Keys in request don't hash to the same shard\r\n"
-HELLO3_REPLY = b"%1\r\n$6\r\nserver\r\n$5\r\nredis\r\n"
 UNBLOCKED = (
     b"-UNBLOCKED force unblock from blocking operation, instance state changed "
     b"(master -> replica?)\r\n"
 )
 READONLY = b"-READONLY You can't write against a read only replica.\r\n"
 CLIENT_ID = cmd("CLIENT", "ID")
-A_PRIMARY = "10.0.0.1:6379"
-B_PRIMARY = "10.0.1.1:6379"
 NOT_FLOAT = b"-ERR timeout is not a float or out of range\r\n"
 NOT_INTEGER = b"-ERR timeout is not an integer or out of range\r\n"
 NEGATIVE = b"-ERR timeout is negative\r\n"
-
-
-@pytest.fixture
-async def make_host(net: FakeNetwork) -> AsyncIterator[MakeHost]:
-    hosts: list[FakeHost] = []
-
-    def make(*names: str, **kw: object) -> FakeHost:
-        h = FakeHost(net, names or ("a", "b"), **kw)  # type: ignore[arg-type]
-        hosts.append(h)
-        return h
-
-    yield make
-    for h in hosts:  # blocked clients leave first: no re-issue races the nodes' closing
-        for c in h.clients:
-            if not c.transport.lost:
-                c.hang_up()
-    await settle(2)
-    for h in hosts:
-        h.close()
-    await settle(2)
-
-
-@pytest.fixture
-async def host(make_host: MakeHost) -> FakeHost:
-    return make_host()
 
 
 # -- helpers ---------------------------------------------------------------------------------
@@ -91,23 +68,6 @@ def leases(host: FakeHost, shard: str) -> list[Lease]:
     return [*pool.leased, *pool.idle]
 
 
-def the_lease(host: FakeHost, shard: str) -> Lease:
-    """The one leased connection open to ``shard``'s primary (lent out or idle)."""
-    found = leases(host, shard)
-    assert len(found) == 1, f"shard {shard}: {len(found)} leases"
-    return found[0]
-
-
-def conn_of(host: FakeHost, node: Node, transport: object) -> ServerConn:
-    (conn,) = [c for c in host.net.server_of(node).conns if c.transport is transport]
-    return conn
-
-
-def lease_conn(host: FakeHost, shard: str) -> ServerConn:
-    """The server side of the one lease open to ``shard``'s primary."""
-    return conn_of(host, host.primary(shard), the_lease(host, shard).transport)
-
-
 def shared_conns(host: FakeHost, node: Node) -> list[ServerConn]:
     """The server sides of the node's shared pipelines opened so far."""
     transports = [p.transport for p in node.connections()]
@@ -116,13 +76,6 @@ def shared_conns(host: FakeHost, node: Node) -> list[ServerConn]:
 
 def no_lease_anywhere(host: FakeHost) -> bool:
     return all(n.leases.open_count() == 0 for n in host.nodes)
-
-
-def nothing_sent(host: FakeHost) -> bool:
-    """No connection was opened to any node, so nothing reached one."""
-    return host.net.total_received() == b"" and all(
-        s.conns == [] for s in host.net.servers.values()
-    )
 
 
 def secs(t: float) -> bytes:

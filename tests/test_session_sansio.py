@@ -5,37 +5,19 @@ Every test asserts the exact bytes a client or a node saw (harness: ``tests/sans
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
-
-import pytest
-
 from shardproxy.backend.connection import DOWN, READY, BackendSettings
 from shardproxy.protocol import encode, errors
 from shardproxy.session.queue import QueuedReply
-from tests.sansio import FakeHost, FakeNetwork, Limits, bulk, cmd, settle, wait_until
-
-MakeHost = Callable[..., FakeHost]
-
-
-@pytest.fixture
-async def make_host(net: FakeNetwork) -> AsyncIterator[MakeHost]:
-    hosts: list[FakeHost] = []
-
-    def make(*names: str, **kw: object) -> FakeHost:
-        h = FakeHost(net, names or ("a", "b"), **kw)  # type: ignore[arg-type]
-        hosts.append(h)
-        return h
-
-    yield make
-    for h in hosts:
-        h.close()
-    await settle(2)
-
-
-@pytest.fixture
-async def host(make_host: MakeHost) -> FakeHost:
-    return make_host()
-
+from tests.sansio import (
+    HELLO3_REPLY,
+    FakeHost,
+    Limits,
+    MakeHost,
+    bulk,
+    cmd,
+    settle,
+    wait_until,
+)
 
 WRONGPASS = b"-WRONGPASS invalid username-password pair or user is disabled.\r\n"
 
@@ -336,7 +318,6 @@ async def test_resp3_client_gets_resp3_pipelines(host: FakeHost) -> None:
 # -- pushes from a leased connection -----------------------------------------------------------
 
 PUSH = b">3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$2\r\nhi\r\n"
-HELLO3_REPLY = b"%1\r\n$6\r\nserver\r\n$5\r\nredis\r\n"
 
 
 async def test_push_reaches_the_client_before_the_reply_it_preceded(host: FakeHost) -> None:

@@ -10,81 +10,37 @@ shard's primary and ``EXEC``'s reply is forwarded raw.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
 from typing import cast
 
 import pytest
 
 from shardproxy.backend.connection import CLOSED, READY, BackendSettings
-from shardproxy.backend.lease import Lease
 from shardproxy.control.failover import MutableShard, switch_primary
 from shardproxy.protocol import encode, errors
 from shardproxy.session.modes import TRANSACTION, WATCHING
 from shardproxy.session.queue import QueuedReply
 from shardproxy.session.scripts import ScriptRegistry, sha1_hex
 from tests.sansio import (
+    A_PRIMARY,
+    B_PRIMARY,
+    CROSSSLOT,
+    HELLO3_REPLY,
+    OK,
+    QUEUED,
     FakeHost,
-    FakeNetwork,
     Limits,
-    ServerConn,
+    MakeHost,
     bulk,
     cmd,
+    lease_conn,
+    nothing_sent,
     reply_of,
     settle,
+    the_lease,
     wait_until,
 )
 
-MakeHost = Callable[..., FakeHost]
-
-OK = b"+OK\r\n"
-QUEUED = b"+QUEUED\r\n"
 EXECABORT = b"-EXECABORT Transaction discarded because of previous errors.\r\n"
-CROSSSLOT = b"-CROSSSLOT Keys in request don't hash to the same shard\r\n"
-HELLO3_REPLY = b"%1\r\n$6\r\nserver\r\n$5\r\nredis\r\n"
-A_PRIMARY = "10.0.0.1:6379"
-B_PRIMARY = "10.0.1.1:6379"
-
-
-@pytest.fixture
-async def make_host(net: FakeNetwork) -> AsyncIterator[MakeHost]:
-    hosts: list[FakeHost] = []
-
-    def make(*names: str, **kw: object) -> FakeHost:
-        h = FakeHost(net, names or ("a", "b"), **kw)  # type: ignore[arg-type]
-        hosts.append(h)
-        return h
-
-    yield make
-    for h in hosts:
-        h.close()
-    await settle(2)
-
-
-@pytest.fixture
-async def host(make_host: MakeHost) -> FakeHost:
-    return make_host()
-
-
-def the_lease(host: FakeHost, shard: str) -> Lease:
-    """The one leased connection open to ``shard``'s primary (lent out or idle)."""
-    pool = host.primary(shard).leases
-    leases = [*pool.leased, *pool.idle]
-    assert len(leases) == 1, f"shard {shard}: {len(leases)} leases"
-    return leases[0]
-
-
-def lease_conn(host: FakeHost, shard: str) -> ServerConn:
-    """The server side of the one lease open to ``shard``'s primary."""
-    lease = the_lease(host, shard)
-    (conn,) = [c for c in host.server(shard).conns if c.transport is lease.transport]
-    return conn
-
-
-def nothing_sent(host: FakeHost) -> bool:
-    """No connection was opened to any node, so nothing reached one."""
-    return host.net.total_received() == b"" and all(
-        s.conns == [] for s in host.net.servers.values()
-    )
 
 
 def results(host: FakeHost) -> dict[str, int]:

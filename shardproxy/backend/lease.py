@@ -49,6 +49,8 @@ from shardproxy.protocol import encode, errors, push, replies
 from shardproxy.protocol.fifo import Fifo
 
 RESET_FRAME = encode.encode_command([b"RESET"])
+#: a request timeout that never passes (a block of timeout 0, a WAIT without one)
+NO_DEADLINE = 10.0 * 365 * 86400
 
 
 class Lease(Connection):

@@ -14,6 +14,7 @@ import asyncio
 from shardproxy.backend.connection import DOWN, BackendSettings, NodeBase, NodeListener
 from shardproxy.backend.lease import LeasePool
 from shardproxy.backend.pipeline import Pipeline
+from shardproxy.protocol import errors
 
 
 class Node(NodeBase):
@@ -46,6 +47,12 @@ class Node(NodeBase):
             for c in conns:
                 c.start()
         return conns[client_id % len(conns)]
+
+    def lease_limit_error(self) -> bytes:
+        """What a command that needs a lease answers when this node has none free."""
+        return errors.reply(
+            "lease_limit", shard=self.shard, node=self.address, limit=self.settings.max_leases
+        )
 
     def connections(self) -> list[Pipeline]:
         return [c for conns in self._pipelines.values() for c in conns]

@@ -16,6 +16,7 @@ real ones). :class:`PushConsumer` allows interpreted subclasses.
 from __future__ import annotations
 
 import asyncio
+from typing import Final
 
 from mypy_extensions import mypyc_attr
 
@@ -76,3 +77,19 @@ class CallSlot(ReplySlot):
 
     def fail(self, reply: bytes) -> Recipient | None:
         return self.complete(reply)
+
+
+class Ignore(ReplySlot):
+    """The slot of a reply nobody waits for (the +OK and +QUEUED inside a transaction, a
+    SCRIPT LOAD before a retried EVALSHA, a lease's HELLO): what follows it says how it went."""
+
+    __slots__ = ()
+
+    def complete(self, reply: bytes) -> Recipient | None:
+        return None
+
+    def fail(self, reply: bytes) -> Recipient | None:
+        return None
+
+
+IGNORE: Final = Ignore()

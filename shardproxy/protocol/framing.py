@@ -13,6 +13,22 @@ from mypy_extensions import i64
 CRLF: Final = b"\r\n"
 STAR: Final = 42  # '*'
 DOLLAR: Final = 36  # '$'
+_LLONG_MIN: Final = -(2**63)
+_LLONG_MAX: Final = 2**63 - 1
+
+
+def is_long(arg: bytes) -> bool:
+    """Whether Redis reads ``arg`` as a 64-bit integer (its string2ll: optional ``-``,
+    digits, no leading zero, no ``+``, no ``-0``, in range)."""
+    n = len(arg)
+    if n == 0 or n > 20:
+        return False
+    body = arg[1:] if arg[0] == 45 else arg  # '-'
+    if not body or not body.isdigit():
+        return False
+    if body[0] == 48:  # '0'
+        return arg == b"0"
+    return _LLONG_MIN <= int(arg) <= _LLONG_MAX
 
 
 def length_at(data: bytes, p: i64, n: i64) -> i64:

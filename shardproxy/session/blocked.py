@@ -37,12 +37,12 @@ import re
 from time import perf_counter as clock
 
 from shardproxy.backend.connection import READY
-from shardproxy.backend.lease import Lease
+from shardproxy.backend.lease import NO_DEADLINE, Lease
 from shardproxy.backend.node import Node
 from shardproxy.backend.slots import Recipient, ReplySlot
 from shardproxy.commands.table import CommandSpec, get_keys
 from shardproxy.observe.metrics import Stats
-from shardproxy.protocol import encode, errors
+from shardproxy.protocol import encode, errors, framing
 from shardproxy.session.modes import (
     BLOCKED,
     UNBLOCKED,
@@ -60,11 +60,9 @@ log = logging.getLogger("shardproxy.session")
 RECOVERY_S = 30.0  # how long a block whose connection failed waits for a usable primary
 POLL_S = 0.05
 _UNBLOCK_GRACE_S = 0.2  # CLIENT UNBLOCK found nothing blocked: the reply may be on its way
-_FOREVER = 10.0 * 365 * 86400  # a lease deadline for "block forever"
 
 _TIMEOUT_FIRST = frozenset({"blmpop", "bzmpop"})  # timeout numkeys key ...
 _BULK_NULL = frozenset({"brpoplpush", "blmove"})  # time out with a null bulk, not array
-_LL = re.compile(rb"(?:0|-?[1-9][0-9]{0,18})\Z")  # Redis's string2ll: no "-0", no "+", no "00"
 _HEX = re.compile(rb"[+-]?0[xX]")
 _LLONG_MAX = 2**63 - 1
 
@@ -107,7 +105,7 @@ def parse(spec: CommandSpec, argv: list[bytes]) -> BlockRequest | bytes:
     if name in ("xread", "xreadgroup"):
         index = _block_option(argv, 1 if name == "xread" else 4) + 1
         text = argv[index] if index < len(argv) else b""
-        if not _LL.match(text) or not -(2**63) <= int(text) < 2**63:
+        if not framing.is_long(text):
             return b"-ERR timeout is not an integer or out of range\r\n"
         value = int(text) / 1000
     else:
@@ -290,10 +288,7 @@ class BlockedMode(ClientMode):
         node = s.primary
         lease = node.leases.acquire(client.proto, client.push_consumer())
         if lease is None:
-            limit = node.settings.max_leases
-            self.finish_and_flush(
-                errors.reply("lease_limit", shard=s.name, node=node.address, limit=limit)
-            )
+            self.finish_and_flush(node.lease_limit_error())
             return
         self.shard = s.name
         self.node = node
@@ -305,7 +300,7 @@ class BlockedMode(ClientMode):
             lease.send(_CLIENT_ID, ServerId(lease, self, self.turn))
         elif lease.server_id < 0:
             lease.send(_CLIENT_ID, ServerId(lease))
-        timeout = _FOREVER
+        timeout = NO_DEADLINE
         if self.deadline:
             timeout = max(self.deadline - clock(), 0.0) + node.settings.command_timeout
         lease.send(frame, LeaseAnswer(self, self.turn), timeout)

@@ -34,7 +34,7 @@ from time import perf_counter as clock
 from typing import Final, cast
 
 from shardproxy.backend.node import Node
-from shardproxy.backend.slots import PushConsumer, Recipient, ReplySlot
+from shardproxy.backend.slots import Recipient, ReplySlot
 from shardproxy.commands.table import (
     KIND_ALL,
     KIND_ANY,
@@ -68,69 +68,13 @@ from shardproxy.session.modes import (
     next_mode,
 )
 from shardproxy.session.queue import QueuedReply
+from shardproxy.session.replyslots import ClientPushes, ReplicaRetry
 from shardproxy.session.transaction import TransactionMode
 from shardproxy.session.watch import WatchMode
 
 log = logging.getLogger("shardproxy.session")
 
 UNKNOWN: Final = SPEC_COUNT  # metrics index of commands not in the table (and protocol errors)
-PUSHED: Final = -1  # the command index of a pushed frame: not a reply, not counted
-
-
-class ReplicaRetry(ReplySlot):
-    """Wraps the reply slot of a read sent to a replica: if the replica fails before answering
-    (down, connection lost, timeout), the read is sent once more, to the shard's primary.
-    Reads only: a write is never retried."""
-
-    __slots__ = ("flushed", "frame", "inner", "primary", "session")
-
-    def __init__(
-        self, inner: ReplySlot, frame: bytes, primary: Node, session: ClientSession
-    ) -> None:
-        self.inner = inner  # the client's QueuedReply, or a fan-out Leg
-        self.frame: bytes | None = frame  # None once retried
-        self.primary = primary
-        self.session = session
-        # what the inner slot returned when failed during the retry
-        self.flushed: Recipient | None = None
-
-    def complete(self, reply: bytes) -> Recipient | None:
-        return self.inner.complete(reply)
-
-    def fail(self, reply: bytes) -> Recipient | None:
-        if self.frame is None or self.session.transport is None:
-            self.flushed = self.inner.fail(reply)
-            return self.flushed
-        frame, self.frame = self.frame, None
-        self.flushed = None
-        self.primary.connection(self.session.proto, self.session.id).send(frame, self)
-        return self._flushed()  # set if the primary failed it at once: flush now, not later
-
-    def _flushed(self) -> Recipient | None:
-        # Read through a method: after ``self.flushed = None`` mypy takes the attribute to
-        # stay None across the send() above, and compiled code would trust that.
-        return self.flushed
-
-
-class ClientPushes(PushConsumer):
-    """A client as the holder of a leased connection: frames it did not ask for go into its
-    reply queue, before the reply of the request they preceded."""
-
-    __slots__ = ("session",)
-
-    def __init__(self, session: ClientSession) -> None:
-        self.session = session
-
-    def push(self, frame: bytes, before: ReplySlot | None) -> Recipient | None:
-        s = self.session
-        if s.transport is None:
-            return None  # the client has gone: dropped, like its replies
-        slot = QueuedReply(s, PUSHED, 0.0, frame)
-        if isinstance(before, QueuedReply):
-            s.queue.insert_before(before, slot)
-        else:
-            s.queue.append(slot)
-        return s
 
 
 class ClientSession(Recipient):
@@ -243,7 +187,7 @@ class ClientSession(Recipient):
         """This client as the holder of a lease (made on first use: most clients never hold
         one, and an idle connection should cost as little memory as it can)."""
         if self._pushes is None:
-            self._pushes = ClientPushes(self)
+            self._pushes = ClientPushes(self, self)
         return self._pushes
 
     @property

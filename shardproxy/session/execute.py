@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from shardproxy.backend.lease import Lease
 from shardproxy.backend.node import Node
-from shardproxy.backend.slots import Recipient, ReplySlot
+from shardproxy.backend.slots import IGNORE, Recipient, ReplySlot
 from shardproxy.observe.metrics import Stats
 from shardproxy.protocol import encode, errors, replies
 from shardproxy.routing.router import ShardNodes
@@ -33,22 +33,6 @@ from shardproxy.session.queue import QueuedReply
 MULTI_FRAME = encode.encode_command([b"MULTI"])
 EXEC_FRAME = encode.encode_command([b"EXEC"])
 _NULLS = (b"*-1\r\n", b"_\r\n")
-
-
-class Ignore(ReplySlot):
-    """The replies to MULTI and to each queued command inside Redis (``+OK``, ``+QUEUED``):
-    EXEC's own reply says all that matters (``-EXECABORT`` if Redis refused one)."""
-
-    __slots__ = ()
-
-    def complete(self, reply: bytes) -> Recipient | None:
-        return None
-
-    def fail(self, reply: bytes) -> Recipient | None:
-        return None
-
-
-IGNORE = Ignore()
 
 
 class ExecReply(QueuedReply):
@@ -106,15 +90,11 @@ def forward_then(
     send_transaction(lease, frames, slot)
 
 
-def lease_for(client: ModeClient, node: Node, shard: str) -> Lease | None:
+def lease_for(client: ModeClient, node: Node) -> Lease | None:
     """A lease on ``node`` for the client, or None after answering the lease-limit error."""
     lease = node.leases.acquire(client.proto, client.push_consumer())
     if lease is None:
-        client.reply_now(
-            errors.reply(
-                "lease_limit", shard=shard, node=node.address, limit=node.settings.max_leases
-            )
-        )
+        client.reply_now(node.lease_limit_error())
     return lease
 
 
@@ -172,7 +152,7 @@ def run_per_shard(
         targets.append(router.shards[index])
     leases: list[Lease] = []
     for s in targets:
-        lease = lease_for(client, s.primary, s.name)
+        lease = lease_for(client, s.primary)
         if lease is None:
             for got in leases:
                 got.release(clean=True)  # nothing was written on them

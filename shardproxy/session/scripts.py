@@ -33,7 +33,7 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from shardproxy.backend.node import Node
-from shardproxy.backend.slots import Recipient, ReplySlot
+from shardproxy.backend.slots import IGNORE, Recipient, ReplySlot
 from shardproxy.commands.table import CommandSpec, get_keys
 from shardproxy.observe.metrics import Stats
 from shardproxy.protocol import encode, errors
@@ -144,7 +144,7 @@ class ScriptRetry(ReplySlot):
         load = encode.encode_command([b"SCRIPT", b"LOAD", self.body])
         proto, cid = self.session.proto, self.session.id
         for node in router.shards[index].nodes():
-            node.connection(proto, cid).send(load, _IGNORE)
+            node.connection(proto, cid).send(load, IGNORE)
         self.flushed = None
         self.session.send_leg(index, self.write, frame, self)
         return self._flushed()
@@ -156,21 +156,6 @@ class ScriptRetry(ReplySlot):
     def _flushed(self) -> Recipient | None:
         # read through a method: compiled code would trust mypy's narrowing to None above
         return self.flushed
-
-
-class _Ignore(ReplySlot):
-    """A SCRIPT LOAD sent before a retried EVALSHA: the EVALSHA's reply says how it went."""
-
-    __slots__ = ()
-
-    def complete(self, reply: bytes) -> Recipient | None:
-        return None
-
-    def fail(self, reply: bytes) -> Recipient | None:
-        return None
-
-
-_IGNORE = _Ignore()
 
 
 class Scripts:

@@ -217,7 +217,7 @@ class TransactionMode(ClientMode):
             lease: Lease | None = pin.lease
             same_protocol(client, pin.lease)
         else:
-            lease = lease_for(client, node, s.name)
+            lease = lease_for(client, node)
         if lease is None:
             stats.count_transaction("failed")
             return

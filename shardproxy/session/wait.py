@@ -14,16 +14,13 @@ Subscribers of ``__shardproxy:wait`` (on the primaries and their replicas) see e
 
 from __future__ import annotations
 
-import re
-
-from shardproxy.protocol import encode, errors, replies
-from shardproxy.session.execute import IGNORE
+from shardproxy.backend.lease import NO_DEADLINE
+from shardproxy.backend.slots import IGNORE
+from shardproxy.protocol import encode, errors, framing, replies
 from shardproxy.session.fanout import Gather, Leg
 from shardproxy.session.modes import ModeClient
 
 PUBLISH = encode.encode_command([b"PUBLISH", b"__shardproxy:wait", b""])
-_LL = re.compile(rb"-?(?:0|[1-9][0-9]{0,18})\Z")
-_FOREVER = 10.0 * 365 * 86400
 
 
 def merge_min(g: Gather) -> bytes:
@@ -35,10 +32,10 @@ def merge_min(g: Gather) -> bytes:
 
 def wait(client: ModeClient, argv: list[bytes], shards: list[int]) -> None:
     """WAIT numreplicas timeout, sent to ``shards`` (indexes of the live router)."""
-    if not _LL.match(argv[1]):
+    if not framing.is_long(argv[1]):
         client.reply_now(errors.reply("not_integer"))
         return
-    if not _LL.match(argv[2]):
+    if not framing.is_long(argv[2]):
         client.reply_now(b"-ERR timeout is not an integer or out of range\r\n")
         return
     timeout_ms = int(argv[2])
@@ -54,14 +51,9 @@ def wait(client: ModeClient, argv: list[bytes], shards: list[int]) -> None:
         node = s.primary
         lease = node.leases.acquire(client.proto, client.push_consumer())
         if lease is None:
-            g.leg_done(
-                leg,
-                errors.reply(
-                    "lease_limit", shard=s.name, node=node.address, limit=node.settings.max_leases
-                ),
-            )
+            g.leg_done(leg, node.lease_limit_error())
             continue
-        deadline = _FOREVER if timeout_ms == 0 else timeout_ms / 1000
+        deadline = NO_DEADLINE if timeout_ms == 0 else timeout_ms / 1000
         lease.send(PUBLISH, IGNORE)
         lease.send(frame, Leg(g, leg), deadline + node.settings.command_timeout)
         lease.release(clean=True)

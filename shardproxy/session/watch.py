@@ -27,7 +27,7 @@ from collections.abc import Sequence
 
 from shardproxy.backend.connection import CONNECTING, READY
 from shardproxy.backend.lease import Lease
-from shardproxy.backend.slots import Recipient
+from shardproxy.backend.slots import IGNORE, Recipient
 from shardproxy.commands.table import (
     KIND_KEYED,
     KIND_SCRIPT,
@@ -79,21 +79,8 @@ def same_protocol(client: ModeClient, lease: Lease) -> None:
     proto = client.proto
     if lease.proto != proto:
         if lease.state is READY:
-            lease.send(encode.encode_command([b"HELLO", b"%d" % proto]), _IGNORE)
+            lease.send(encode.encode_command([b"HELLO", b"%d" % proto]), IGNORE)
         lease.proto = proto  # (still connecting: its handshake will say HELLO proto)
-
-
-class _Ignore(QueuedReply):
-    __slots__ = ()
-
-    def complete(self, reply: bytes) -> Recipient | None:
-        return None
-
-    def fail(self, reply: bytes) -> Recipient | None:
-        return None
-
-
-_IGNORE = _Ignore(None, 0, 0.0)
 
 
 class WatchMode(ClientMode):
@@ -172,14 +159,7 @@ class WatchMode(ClientMode):
             node = s.primary
             lease = node.leases.acquire(client.proto, client.push_consumer())
             if lease is None:
-                client.reply_now(
-                    errors.reply(
-                        "lease_limit",
-                        shard=s.name,
-                        node=node.address,
-                        limit=node.settings.max_leases,
-                    )
-                )
+                client.reply_now(node.lease_limit_error())
                 self._maybe_leave(client)
                 return
             pin = self.pin = Pin(s.name, node, lease)
