@@ -39,8 +39,10 @@ from shardproxy.routing.router import Router, ShardNodes
 from shardproxy.session.builtin import Builtin
 from shardproxy.session.client import ClientSession
 from shardproxy.session.fanout import Fanout
+from shardproxy.session.pubsub import PubSub
 from shardproxy.session.registry import ClientRegistry
 from shardproxy.session.scripts import Scripts
+from shardproxy.session.subscribed import PubSubCommands
 
 Arg = bytes | str | int
 
@@ -381,6 +383,8 @@ class FakeHost:
         read_policy: str = "primary",
         read_your_writes: float = 0.0,
         per_shard_transactions: bool = False,
+        pubsub_connections: int = 1,
+        pubsub_hard_limit: int = 32 * 1024**2,
     ) -> None:
         self.net = net
         self.loop = net.loop
@@ -394,6 +398,8 @@ class FakeHost:
         self.telemetry = TelemetryStub()
         self.builtin = Builtin(self.fanout, self.telemetry)
         self.scripts = Scripts(self.fanout, 1024 * 1024)
+        self.hub = PubSub(self.loop, self.stats, pubsub_connections, hard_limit=pubsub_hard_limit)
+        self.pubsub = PubSubCommands(self.hub)
         self.per_shard_transactions = per_shard_transactions
         self.registry = ClientRegistry(self.stats, self.limits.max_clients)
         ring = Ring.build([(n, 1) for n in names])
@@ -404,6 +410,7 @@ class FakeHost:
             reps = [self._node(name, "replica", f"10.0.{i}.{2 + r}") for r in range(replicas)]
             shards.append(ShardNodes(name, primary, reps))
         self.router: Router[Node] = Router(ring, shards, read_policy)
+        self.hub.router_changed(self.router)
         self.clients: list[FakeClient] = []
 
     def _node(self, shard: str, role: str, ip: str) -> Node:

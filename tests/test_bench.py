@@ -125,3 +125,35 @@ def test_transaction_benchmark_runs_and_reports_the_ratio() -> None:
     assert ratio == pytest.approx(rates["shardproxy"] / rates["direct"], abs=0.01)
     connections = int(out.split("through the proxy: ")[1].split()[0])
     assert 0 < connections <= 3 * 50  # leases are pooled: at most one per client per primary
+
+
+def test_pubsub_benchmark_delivers_every_message_on_both_targets() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.pubsub", "--quick", "--json"],
+        cwd=REPO,
+        env=dict(os.environ, PYTHONPATH=str(REPO)),
+        capture_output=True,
+        text=True,
+        timeout=100,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:] + done.stdout[-3000:]
+    out = done.stdout
+    summary = {
+        line.split()[0]: line
+        for line in out.split("delivery check")[1].splitlines()
+        if line.strip().startswith(("direct ", "proxy "))
+    }
+    assert set(summary) == {"direct", "proxy"}, out
+    for line in summary.values():
+        assert "lost 0 " in line and "duplicated 0 " in line and "out of order 0" in line, line
+    figures = json.loads(out.strip().splitlines()[-1])
+    for target in ("direct", "proxy"):
+        median = figures["medians"][target]
+        assert median["p99_ms"] >= median["p50_ms"] > 0, (target, median)
+        assert median["published_per_s"] > 0 and median["delivered_per_s"] > 0, (target, median)
+    ratio = figures["ratios_proxy_direct"]["published_per_s"]
+    assert ratio == pytest.approx(
+        figures["medians"]["proxy"]["published_per_s"]
+        / figures["medians"]["direct"]["published_per_s"]
+    )

@@ -21,6 +21,7 @@ from shardproxy.commands.table import (
     KIND_LOCAL,
     KIND_MODE,
     KIND_NODES,
+    KIND_PUBSUB,
     KIND_SCRIPT,
     KIND_SPLIT,
     KIND_UNSUPPORTED,
@@ -79,8 +80,8 @@ def test_all_shard_commands(name: str, merge: str, write: bool) -> None:
 
 def test_any_shard_is_time_and_the_function_and_script_readers() -> None:
     assert sorted(s.name for s in iter_specs() if s.kind == KIND_ANY) == [
-        "function|dump", "function|help", "function|list", "function|stats", "script|help",
-        "time",
+        "function|dump", "function|help", "function|list", "function|stats", "pubsub|help",
+        "script|help", "time",
     ]  # fmt: skip
     assert spec_of("time").merge is None
 
@@ -149,15 +150,26 @@ def test_local_commands() -> None:
      ["slowlog", "get"], ["latency", "latest"], ["swapdb", "0", "1"], ["move", "k", "1"],
      ["migrate", "h", "1", "k", "0", "5"], ["lolwut"],
      ["memory", "stats"], ["memory", "doctor"], ["object", "help"],
-     ["subscribe", "c"], ["psubscribe", "c*"],
-     ["ssubscribe", "c"], ["publish", "c", "m"], ["spublish", "c", "m"],
-     ["pubsub", "channels"], ["script", "debug", "yes"], ["readonly"],
+     ["script", "debug", "yes"], ["readonly"],
      ["readwrite"], ["asking"], ["pfselftest"], ["pfdebug", "getreg", "k"],
      ["client", "kill", "id", "1"], ["client", "list"], ["client", "pause", "1"],
      ["client", "tracking", "on"], ["xgroup", "help"], ["module", "list"], ["failover"]],
 )  # fmt: skip
 def test_refused(argv: list[str]) -> None:
     assert spec_of(*argv).kind == KIND_UNSUPPORTED
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["subscribe", "c"], ["unsubscribe"], ["psubscribe", "c*"], ["punsubscribe"],
+     ["ssubscribe", "c"], ["sunsubscribe"], ["publish", "c", "m"], ["spublish", "c", "m"],
+     ["pubsub", "channels"], ["pubsub", "numsub"], ["pubsub", "numpat"],
+     ["pubsub", "shardchannels"], ["pubsub", "shardnumsub"]],
+)  # fmt: skip
+def test_pubsub_commands_go_to_the_registry(argv: list[str]) -> None:
+    spec = spec_of(*argv)
+    assert spec.kind == KIND_PUBSUB
+    assert spec.queueable == (spec.name == "publish")  # PUBLISH reaches subscribers from any shard
 
 
 @pytest.mark.parametrize("name", ["multi", "exec", "discard", "watch", "unwatch"])
@@ -200,7 +212,7 @@ def test_derivation_rules_hold_for_every_spec() -> None:
         if spec.kind == KIND_KEYED:
             assert spec.has_keys, spec.name
         if spec.subcommands is not None:
-            assert spec.kind in (KIND_LOCAL, KIND_UNSUPPORTED), spec.name
+            assert spec.kind in (KIND_LOCAL, KIND_UNSUPPORTED, KIND_PUBSUB), spec.name
 
 
 def test_policy_names_exist_except_newer_redis_ones() -> None:
@@ -315,7 +327,7 @@ def test_markdown_table_lists_every_leaf_once() -> None:
     table = markdown_table()
     lines = table.splitlines()
     assert lines[0] == "| how | count | commands |"
-    assert len(lines) == 2 + 11
+    assert len(lines) == 2 + 12
     for specs in specs_by_kind().values():
         for spec in specs:
             assert table.count(f"`{spec.display_name}`") == 1, spec.name

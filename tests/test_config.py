@@ -495,6 +495,10 @@ def test_reference_markdown_lists_every_key() -> None:
         "metrics.commands",
         "transactions.cross_shard",
         "scripts.cache_bytes",
+        "pubsub.connections",
+        "pubsub.output_hard_limit",
+        "pubsub.output_soft_limit",
+        "pubsub.output_soft_seconds",
         "deny_commands",
     ]
     assert "| `timeouts.command_ms` | positive integer | `1000` |" in text

@@ -179,7 +179,7 @@ def test_unknown_then_ping_same_connection(proxy: Proxy) -> None:
     "command,expected",
     [
         ("CONFIG GET maxmemory", b"-ERR command 'config get' is not supported by shardproxy\r\n"),
-        ("SUBSCRIBE ch", b"-ERR command 'subscribe' is not supported by shardproxy\r\n"),
+        ("MONITOR", b"-ERR command 'monitor' is not supported by shardproxy\r\n"),
         ("SCRIPT DEBUG YES", b"-ERR command 'script debug' is not supported by shardproxy\r\n"),
         ("BLPOP q soon", b"-ERR timeout is not a float or out of range\r\n"),
         ("XREAD BLOCK x STREAMS s $", b"-ERR timeout is not an integer or out of range\r\n"),

@@ -295,7 +295,11 @@ async def test_unwatch_inside_multi_is_queued(host: FakeHost) -> None:
             b"-ERR command 'script load' cannot be queued in a transaction through shardproxy\r\n",
         ),
         ([b"CLIENT", b"NOSUCH"], b"-ERR unknown subcommand 'NOSUCH'. Try CLIENT HELP.\r\n"),
-        ([b"SUBSCRIBE", b"ch"], b"-ERR command 'subscribe' is not supported by shardproxy\r\n"),
+        ([b"READONLY"], b"-ERR command 'readonly' is not supported by shardproxy\r\n"),
+        (
+            [b"SUBSCRIBE", b"ch"],
+            b"-ERR command 'subscribe' cannot be queued in a transaction through shardproxy\r\n",
+        ),
     ],
     ids=[
         "unknown",
@@ -308,6 +312,7 @@ async def test_unwatch_inside_multi_is_queued(host: FakeHost) -> None:
         "script-load",
         "unknown-subcommand",
         "unsupported",
+        "subscribe",
     ],
 )
 async def test_a_command_refused_while_queueing_aborts_exec_and_nothing_is_sent(

@@ -27,8 +27,10 @@ from shardproxy.observe import metrics
 from shardproxy.routing.router import Router
 from shardproxy.session.builtin import Builtin
 from shardproxy.session.fanout import Fanout
+from shardproxy.session.pubsub import PubSub
 from shardproxy.session.registry import Client, ClientRegistry
 from shardproxy.session.scripts import Scripts
+from shardproxy.session.subscribed import PubSubCommands
 
 
 def failover_strategy(config: Config, worker: int) -> Callable[[Fleet], Failover]:
@@ -61,6 +63,16 @@ class Proxy:
             counters if config.metrics.commands else None
         )
         self._configure(config)
+        ps = config.pubsub
+        self.hub = PubSub(
+            loop,
+            self.stats,
+            ps.connections,
+            ps.output_hard_limit,
+            ps.output_soft_limit,
+            ps.output_soft_seconds,
+        )
+        self.pubsub = PubSubCommands(self.hub)
         self.router: Router[Node]  # set by the fleet, now and at every swap
         self.fleet = Fleet(
             config,
@@ -71,11 +83,18 @@ class Proxy:
             metrics.Histogram(0) if config.metrics.commands else None,
         )
         self.health = self.fleet.health
+        self.fleet.on_switch = self.hub.reconcile  # subscriptions follow a promotion at once
         self.registry = ClientRegistry(self.stats, config.limits.max_clients)
         self.fanout = Fanout()
         self.scripts = Scripts(self.fanout, config.scripts.cache_bytes)
         self.telemetry = Telemetry(
-            self.fleet, self.registry, self.stats, counters, time.time(), self.scripts.registry
+            self.fleet,
+            self.registry,
+            self.stats,
+            counters,
+            time.time(),
+            self.scripts.registry,
+            self.hub,
         )
         self.builtin = Builtin(self.fanout, self.telemetry)
 
@@ -89,6 +108,7 @@ class Proxy:
 
     def _set_router(self, router: Router[Node]) -> None:
         self.router = router
+        self.hub.router_changed(router)  # subscriptions follow the shards
         registry = getattr(self, "registry", None)  # (the fleet publishes its first router
         if registry is not None:  # before the registry exists)
             registry.router_changed()
@@ -135,7 +155,12 @@ class Proxy:
         self._configure(new)
         self.registry.max_clients = new.limits.max_clients
         self.scripts.registry.limit = new.scripts.cache_bytes
+        ps = new.pubsub
+        self.hub.hard_limit = ps.output_hard_limit
+        self.hub.soft_limit = ps.output_soft_limit
+        self.hub.soft_seconds = ps.output_soft_seconds
         return self.fleet.apply(new)
 
     def close(self) -> None:
+        self.hub.close()
         self.fleet.close()

@@ -17,6 +17,7 @@ from shardproxy.commands import table as commands
 from shardproxy.control.fleet import Fleet
 from shardproxy.observe import metrics
 from shardproxy.session.builtin import process_info
+from shardproxy.session.pubsub import CHANNEL, PATTERN, SHARD, PubSub
 from shardproxy.session.registry import ClientRegistry
 from shardproxy.session.scripts import ScriptRegistry
 
@@ -38,8 +39,10 @@ class Telemetry:
         command_counters: metrics.CommandCounters,
         start_time: float,
         scripts: ScriptRegistry,
+        pubsub: PubSub,
     ) -> None:
         self.fleet = fleet
+        self.pubsub = pubsub
         self.scripts = scripts
         self.registry = registry
         self.stats = stats
@@ -82,6 +85,16 @@ class Telemetry:
                     ("total_transactions_started", st.transactions_started),
                     *((f"transactions_{k}", v) for k, v in st.transactions.items()),
                     ("noscript_recoveries", st.noscript_recoveries),
+                    ("pubsub_channels", len(self.pubsub.interest[CHANNEL])),
+                    ("pubsub_patterns", len(self.pubsub.interest[PATTERN])),
+                    ("pubsubshard_channels", len(self.pubsub.interest[SHARD])),
+                    ("pubsub_clients", len(self.pubsub.subscribed)),
+                    ("pubsub_messages_delivered", st.pubsub_messages),
+                    ("pubsub_slow_disconnects", st.pubsub_slow_disconnects),
+                    (
+                        "pubsub_upstream_connections",
+                        sum(n for _, _, n in self.pubsub.upstream_connections()),
+                    ),
                 ],
             ),
             # client libraries check it on connect (valkey-glide wants role:master): to them the
@@ -175,6 +188,16 @@ class Telemetry:
             "shardproxy_blocking_commands_total": [S((), st.blocks)],
             "shardproxy_blocks_reissued_total": [S((), st.blocks_reissued)],
             "shardproxy_block_replies_orphaned_total": [S((), st.block_replies_orphaned)],
+            "shardproxy_pubsub_channels": [
+                S((label,), len(self.pubsub.interest[kind]))
+                for label, kind in (("channel", CHANNEL), ("pattern", PATTERN), ("shard", SHARD))
+            ],
+            "shardproxy_pubsub_clients": [S((), len(self.pubsub.subscribed))],
+            "shardproxy_pubsub_messages_total": [S((), st.pubsub_messages)],
+            "shardproxy_pubsub_slow_disconnects_total": [S((), st.pubsub_slow_disconnects)],
+            "shardproxy_pubsub_upstream_connections": [
+                S((shard, node), n) for shard, node, n in self.pubsub.upstream_connections()
+            ],
         }
         m = self.fleet.migration
         out["shardproxy_migration_active"] = [S((), 1 if m is not None and not m.finished else 0)]

@@ -92,6 +92,7 @@ class NodeBase:
         "role",
         "settings",
         "shard",
+        "subscribers",
         "unix",
         "usable",
     )
@@ -125,6 +126,7 @@ class NodeBase:
         self.lag_bytes: int | None = None  # replicas: bytes behind the primary (health probes)
         self.pushes: PushConsumer | None = None
         self.pushes_dropped = 0
+        self.subscribers: list[Connection] = []  # the proxy's pub/sub connections to it
 
     def connection_failed(self, reason: str) -> None:
         """A shared connection went DOWN (the node reports it, see ``Node``)."""
@@ -232,6 +234,10 @@ class Connection:
 
     def _written(self, requests: int) -> None:
         """``requests`` requests are being written now (a shared pipeline times them)."""
+
+    def reconnect_now(self) -> None:
+        """The node answers again: a connection waiting out a backoff reconnects now (those
+        that reconnect at all: a lease never does)."""
 
     def pause_writing(self) -> None:
         pass  # the node reads its replies; what it has not read waits in the kernel

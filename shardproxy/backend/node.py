@@ -69,9 +69,12 @@ class Node(NodeBase):
         self.connection_up()
 
     def reconnect_now(self) -> None:
-        """The node answers again (health checking): pipelines still DOWN reconnect now."""
+        """The node answers again (health checking): pipelines and subscriber connections
+        still DOWN reconnect now."""
         for c in self.connections():
             c.reconnect_now()
+        for s in list(self.subscribers):
+            s.reconnect_now()
 
     def connection_up(self) -> None:
         if self.listener is None:
@@ -87,6 +90,8 @@ class Node(NodeBase):
         for c in self.connections():
             c.close()
         self._pipelines.clear()
+        for sub in list(self.subscribers):
+            sub.close()
         self.leases.close()
 
     def __repr__(self) -> str:

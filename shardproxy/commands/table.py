@@ -47,16 +47,17 @@ KIND_MODE: Final = "mode"  # changes the client's mode (session.modes): MULTI EX
 KIND_SCRIPT: Final = "script"  # EVAL EVALSHA FCALL (+ _RO): by declared keys (session.scripts)
 KIND_NODES: Final = "nodes"  # SCRIPT LOAD ...: every node a script may run on, merged
 KIND_BLOCKING: Final = "blocking"  # BLPOP ...: by key, on a lease (session.blocked)
+KIND_PUBSUB: Final = "pubsub"  # SUBSCRIBE PUBLISH PUBSUB ...: the proxy's registry (session.pubsub)
 KIND_UNSUPPORTED: Final = "unsupported"  # -ERR command 'x' is not supported by shardproxy
 KINDS: Final = (
     KIND_KEYED, KIND_SPLIT, KIND_ALL, KIND_ANY, KIND_LOCAL, KIND_MODE, KIND_SCRIPT, KIND_NODES,
-    KIND_BLOCKING, KIND_UNSUPPORTED,
+    KIND_BLOCKING, KIND_PUBSUB, KIND_UNSUPPORTED,
 )  # fmt: skip
 #: kinds whose commands a transaction queues (they run on the transaction's shard)
 QUEUEABLE_KINDS: Final = frozenset({KIND_KEYED, KIND_SPLIT, KIND_ANY, KIND_SCRIPT})
-#: commands the proxy answers itself that a transaction queues instead (so that EXEC's array
-#: has their replies in place)
-QUEUEABLE_LOCAL: Final = frozenset({"ping", "echo"})
+#: commands of other kinds that a transaction queues (so that EXEC's array has their replies in
+#: place): PING and ECHO, and PUBLISH, which reaches the proxy's subscribers from any shard
+QUEUEABLE_LOCAL: Final = frozenset({"ping", "echo", "publish"})
 KIND_DENIED: Final = "denied"  # not in POLICY_TABLE: what deny_commands makes of a command
 
 # merge rules (fanout implements them)
@@ -125,9 +126,11 @@ POLICY_TABLE: Final[tuple[tuple[str, str, str | None], ...]] = (
      "script|help",                                                  KIND_ANY,         None),
     # -- blocking commands, on a lease (XREAD/XREADGROUP are keyed, blocking with BLOCK)
     ("blpop brpop brpoplpush blmove blmpop bzpopmin bzpopmax bzmpop wait", KIND_BLOCKING, None),
-    # -- refused: pub/sub
+    # -- pub/sub: the proxy's subscriptions over every shard (session.pubsub, session.subscribed)
     ("subscribe unsubscribe psubscribe punsubscribe ssubscribe sunsubscribe "
-     "publish spublish pubsub",                                      KIND_UNSUPPORTED, None),
+     "publish spublish pubsub pubsub|channels pubsub|numsub pubsub|numpat "
+     "pubsub|shardchannels pubsub|shardnumsub",                     KIND_PUBSUB,      None),
+    ("pubsub|help",                                                  KIND_ANY,         None),
     # -- refused: the script debugger (it takes the node's connection over)
     ("script function script|debug",                                KIND_UNSUPPORTED, None),
     # -- refused: cluster client protocol, HyperLogLog internals

@@ -13,6 +13,7 @@ from shardproxy.commands.table import (
     KIND_LOCAL,
     KIND_MODE,
     KIND_NODES,
+    KIND_PUBSUB,
     KIND_SCRIPT,
     KIND_SPLIT,
     KIND_UNSUPPORTED,
@@ -48,6 +49,7 @@ _TABLE_SECTIONS: Final = (
     ("Blocking, by key on a leased connection (see Client modes)", KIND_BLOCKING, None),
     ("Scripts and functions, routed by their declared keys", KIND_SCRIPT, None),
     ("Sent to every node a script may run on and merged", KIND_NODES, None),
+    ("Pub/sub, over every shard (see Pub/sub)", KIND_PUBSUB, None),
     ("Refused (`not supported by shardproxy`)", KIND_UNSUPPORTED, None),
 )
 

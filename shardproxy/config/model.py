@@ -41,6 +41,7 @@ from shardproxy.config.schema import (
     OPTIONAL_STRING,
     POSITIVE_INT,
     SIZE,
+    SIZE_OR_ZERO,
     _key,
 )
 from shardproxy.config.schema import changed_settings as _changed_settings
@@ -303,6 +304,39 @@ class ScriptsConfig:
 
 
 @dataclass(frozen=True)
+class PubSubConfig:
+    """Pub/sub: the proxy's subscriber connections and its limit for slow subscribers."""
+
+    connections: int = field(
+        default=1,
+        metadata=_key(
+            POSITIVE_INT,
+            "subscriber connections per shard primary, shared by every subscribed client "
+            "(a channel always travels on the same one)",
+        ),
+    )
+    output_hard_limit: int = field(
+        default=32 * 1024**2,
+        metadata=_key(
+            SIZE_OR_ZERO,
+            "a subscribed client whose unread messages pass this many bytes is disconnected "
+            "(Redis's client-output-buffer-limit pubsub hard limit); 0 disables",
+        ),
+    )
+    output_soft_limit: int = field(
+        default=8 * 1024**2,
+        metadata=_key(
+            SIZE_OR_ZERO,
+            "... or that stays above this many bytes for output_soft_seconds; 0 disables",
+        ),
+    )
+    output_soft_seconds: int = field(
+        default=60,
+        metadata=_key(POSITIVE_INT, "how long a subscribed client may stay above the soft limit"),
+    )
+
+
+@dataclass(frozen=True)
 class MetricsConfig:
     """What the proxy counts for /metrics and INFO."""
 
@@ -390,6 +424,7 @@ class Config:
     scripts: ScriptsConfig = field(
         default_factory=ScriptsConfig, metadata={"section": ScriptsConfig}
     )
+    pubsub: PubSubConfig = field(default_factory=PubSubConfig, metadata={"section": PubSubConfig})
     deny_commands: frozenset[str] = field(
         default=frozenset(),
         metadata=_key(COMMAND_NAMES, "commands refused with an error (any case)"),

@@ -67,17 +67,20 @@ _SIZE_UNITS = {"": 1, "b": 1, "kb": 1024, "mb": 1024**2, "gb": 1024**3}
 _SIZE_RE = re.compile(r"^\s*(\d+)\s*([kmg]?b?)\s*$", re.IGNORECASE)
 
 
-def _size(value: object) -> int:
+def _size(value: object, minimum: int = 1) -> int:
     if isinstance(value, str):
         match = _SIZE_RE.match(value)
         unit = match.group(2).lower() if match else ""
-        if match and unit in _SIZE_UNITS and int(match.group(1)) > 0:
+        if match and unit in _SIZE_UNITS and int(match.group(1)) >= minimum:
             return int(match.group(1)) * _SIZE_UNITS[unit]
-        raise _bad(f"must be a positive size such as 65536, 64kb or 512mb (got {_show(value)})")
-    return _int_value(value, 1)
+        what = "a positive size" if minimum else "a size (0 to disable)"
+        raise _bad(f"must be {what} such as 65536, 64kb or 512mb (got {_show(value)})")
+    return _int_value(value, minimum)
 
 
 def _show_size(value: int) -> str:
+    if not value:
+        return "0"
     for unit in ("gb", "mb", "kb"):
         if value % _SIZE_UNITS[unit] == 0:
             return f"{value // _SIZE_UNITS[unit]}{unit}"
@@ -150,6 +153,11 @@ NON_NEGATIVE_INT = _Kind("integer >= 0", lambda v: _int_value(v, 0))
 
 
 SIZE = _Kind("size in bytes (65536, 64kb, 512mb)", _size, _show_size)
+
+
+SIZE_OR_ZERO = _Kind(
+    "size in bytes (65536, 64kb, 512mb; 0 disables)", lambda v: _size(v, 0), _show_size
+)
 
 
 NAME = _Kind("name", _name)

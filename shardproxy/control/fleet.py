@@ -77,6 +77,8 @@ class Fleet:
         self.config = config
         self.stats = stats
         self.on_router = on_router
+        # told when a failover switched a shard's primary in place (no new router then)
+        self.on_switch: Callable[[], None] | None = None
         # backend latency: one histogram series per (shard, role); None when metrics are off
         self.backend_latency = backend_latency
         self.latency_series: dict[tuple[str, str], int] = {}
@@ -173,6 +175,8 @@ class Fleet:
     def record_failover(self, shard: str, result: str) -> None:
         key = (shard, result)
         self.stats.failovers[key] = self.stats.failovers.get(key, 0) + 1
+        if result in ("success", "adopted") and self.on_switch is not None:
+            self.on_switch()  # a primary switched in place: who follows primaries, now
 
     def set_ejected(self, shard: str, ejected: bool) -> None:
         """failover.mode eject: rebuild the ring without the shards that have no usable node."""

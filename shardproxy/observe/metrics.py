@@ -77,6 +77,11 @@ METRICS: tuple[MetricDef, ...] = (
     MetricDef("shardproxy_blocking_commands_total", "counter", (), "Blocking commands started.", "sum"),
     MetricDef("shardproxy_blocks_reissued_total", "counter", (), "Blocking commands sent again, with the time left, after their connection failed (a failover, a node restart) or a reload moved their keys, counted once the node they were sent to has them.", "sum"),
     MetricDef("shardproxy_block_replies_orphaned_total", "counter", (), "Replies of a blocking command read after its client had left (the element was popped as the client disconnected; each is logged with its key).", "sum"),
+    MetricDef("shardproxy_pubsub_channels", "gauge", ("type",), "Channels with at least one subscribed client, by type: channel (SUBSCRIBE), pattern (PSUBSCRIBE), shard (SSUBSCRIBE).", "sum"),
+    MetricDef("shardproxy_pubsub_clients", "gauge", (), "Clients with at least one pub/sub subscription.", "sum"),
+    MetricDef("shardproxy_pubsub_messages_total", "counter", (), "Pub/sub messages delivered to clients (a message reaching three clients counts three).", "sum"),
+    MetricDef("shardproxy_pubsub_slow_disconnects_total", "counter", (), "Subscribed clients disconnected because their unread messages passed pubsub.output_hard_limit (or output_soft_limit for output_soft_seconds).", "sum"),
+    MetricDef("shardproxy_pubsub_upstream_connections", "gauge", ("shard", "node"), "The proxy's own subscriber connections to each shard's primary that are up (shared by every subscribed client).", "sum"),
     MetricDef("shardproxy_backend_lease_limit", "gauge", ("shard", "node"), "backend.max_leases: the dedicated connections a node may have open per worker.", "max"),
     MetricDef("shardproxy_migration_active", "gauge", (), "1 while keys that a reload moved to another shard are being moved.", "max"),
     MetricDef("shardproxy_migration_keys_moved_total", "counter", ("how",), "Keys moved to their new shard during the last migration: on access (a miss served from the previous owner) or by the background copy.", "sum"),
@@ -174,6 +179,8 @@ class Stats:
         "connections_rejected",
         "failovers",
         "noscript_recoveries",
+        "pubsub_messages",
+        "pubsub_slow_disconnects",
         "reloads",
         "transactions",
         "transactions_started",
@@ -195,6 +202,8 @@ class Stats:
         self.blocks = 0  # blocking commands sent (BLPOP ...)
         self.blocks_reissued = 0  # sent again after a failover, a node's return or a reload
         self.block_replies_orphaned = 0  # replies read for a blocked client that had left
+        self.pubsub_messages = 0  # pub/sub messages delivered to clients (one per client)
+        self.pubsub_slow_disconnects = 0  # subscribers dropped over pubsub.output_*_limit
 
     def count_transaction(self, result: str) -> None:
         self.transactions[result] += 1

@@ -15,8 +15,7 @@ REPLIES: dict[str, tuple[str, str]] = {
     ),
     "unsupported": (
         "ERR command '{name}' is not supported by shardproxy",
-        "server administration, pub/sub, the script debugger and other commands "
-        "that cannot be proxied yet",
+        "server administration, the script debugger and other commands that cannot be proxied yet",
     ),
     "denied": (
         "ERR command '{name}' is denied by the proxy configuration (deny_commands)",
@@ -111,6 +110,16 @@ REPLIES: dict[str, tuple[str, str]] = {
         "command) found backend.max_leases of them open to the node",
     ),
     "invalid_cursor": ("ERR invalid cursor", "SCAN with a cursor the proxy did not hand out"),
+    "pubsub_context": (
+        "ERR Can't execute '{name}': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / "
+        "RESET are allowed in this context",
+        "a RESP2 client with subscriptions sent another command (as Redis says it)",
+    ),
+    "pubsub_syntax": (
+        "ERR unknown subcommand or wrong number of arguments for '{sub}'. Try PUBSUB HELP.",
+        "PUBSUB CHANNELS/SHARDCHANNELS with more than one pattern, NUMPAT with arguments "
+        "(as Redis says it)",
+    ),
     "subcommand": (
         "ERR unknown subcommand '{sub}'. Try {name} HELP.",
         "a subcommand the proxy does not answer",

@@ -86,9 +86,8 @@ class BlockRequest:
         """The command with ``left`` seconds as its timeout (0 keeps blocking forever)."""
         argv = list(self.argv)
         if self.timeout > 0:
-            argv[self.index] = (
-                b"%d" % max(1, math.ceil(left * 1000)) if self.ms else b"%.3f" % max(left, 0.001)
-            )
+            ms = max(1, math.floor(left * 1000))  # never more than is left
+            argv[self.index] = b"%d" % ms if self.ms else b"%d.%03d" % divmod(ms, 1000)
         return encode.encode_command(argv)
 
     def null(self, proto: int) -> bytes:

@@ -35,13 +35,17 @@ def _b(text: str) -> bytes:
 class BuiltinClient(LegSender, Protocol):
     """What the handlers need of a client session."""
 
-    proto: int  # HELLO sets it
+    proto: int  # HELLO sets it (switch_protocol)
     id: int
     name: bytes | None
     info: dict[bytes, bytes]
     peer: str
 
     def close_after_reply(self) -> None: ...
+
+    def switch_protocol(self, proto: int) -> None:
+        """HELLO: speak RESP ``proto`` from the next reply on."""
+        ...
 
     def reset_connection(self) -> None:
         """RESET: back to RESP2, no name, normal mode."""
@@ -140,7 +144,7 @@ class Builtin:
                     + b"'\r\n"
                 )
                 return
-        s.proto = proto
+        s.switch_protocol(proto)
         s.name = name
         fields = [
             (b"server", encode.bulk(b"redis")),

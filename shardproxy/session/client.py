@@ -44,6 +44,7 @@ from shardproxy.commands.table import (
     KIND_LOCAL,
     KIND_MODE,
     KIND_NODES,
+    KIND_PUBSUB,
     KIND_SCRIPT,
     KIND_SPLIT,
     SPEC_COUNT,
@@ -54,21 +55,24 @@ from shardproxy.commands.table import (
 from shardproxy.protocol import encode, errors, requests
 from shardproxy.protocol.fifo import Fifo
 from shardproxy.routing.router import Router, ShardNodes
-from shardproxy.session import blocked, wait
+from shardproxy.session import blocked, subscribed, wait
 from shardproxy.session.blocked import BlockedMode
 from shardproxy.session.host import SessionHost
 from shardproxy.session.modes import (
     BLOCKED,
     BLOCKING,
     NORMAL,
+    SUBSCRIBED,
     TRANSACTION,
     WATCHING,
     ClientMode,
     Request,
     next_mode,
 )
+from shardproxy.session.pubsub import Subscriptions
 from shardproxy.session.queue import QueuedReply
 from shardproxy.session.replyslots import ClientPushes, ReplicaRetry
+from shardproxy.session.subscribed import SubscribedMode
 from shardproxy.session.transaction import TransactionMode
 from shardproxy.session.watch import WatchMode
 
@@ -102,6 +106,7 @@ class ClientSession(Recipient):
         "request_cmd",
         "request_time",
         "stats",
+        "subs",
         "transport",
         "write_paused",
         "writes",
@@ -124,6 +129,7 @@ class ClientSession(Recipient):
         self.transport: asyncio.Transport | None = None
         self.mode: ClientMode | None = None  # None: normal mode (modes.py)
         self._pushes: ClientPushes | None = None  # made when the client first holds a lease
+        self.subs: Subscriptions | None = None  # made when the client first subscribes
         self.closing = False  # close once the queue is flushed; read nothing more
         self.reading_paused = False
         self.held = False  # reading stopped by the mode (a blocked command's later requests)
@@ -151,6 +157,8 @@ class ClientSession(Recipient):
         for slot in self.queue:
             slot.session = None  # replies still in flight are read and dropped
         self.queue.clear()
+        if self.subs is not None:
+            self.host.pubsub.hub.drop(self.subs)
         if self.mode is not None:
             self.set_mode(NORMAL)
         self.host.client_disconnected(self)
@@ -190,6 +198,12 @@ class ClientSession(Recipient):
             self._pushes = ClientPushes(self, self)
         return self._pushes
 
+    def subscriptions(self) -> Subscriptions:
+        """This client's pub/sub subscriptions (made on first use, like the above)."""
+        if self.subs is None:
+            self.subs = Subscriptions(self, self)
+        return self.subs
+
     @property
     def router(self) -> Router[Node]:
         """The live router (a reload swaps it between reads)."""
@@ -208,6 +222,8 @@ class ClientSession(Recipient):
             self.mode = BlockedMode(self.stats, pin)
         elif name == WATCHING:
             self.mode = WatchMode(pin)
+        elif name == SUBSCRIBED:
+            self.mode = SubscribedMode(pin)
         else:
             self.mode = None
             if pin is not None:
@@ -292,10 +308,19 @@ class ClientSession(Recipient):
             return mode.shard
         return None
 
+    def switch_protocol(self, proto: int) -> None:
+        """HELLO 2 or 3: a client with subscriptions enters or leaves subscribed mode, which
+        RESP2 clients only have."""
+        self.proto = proto
+        if self.subs is not None and self.subs.total():
+            subscribed.protocol_changed(self)
+
     def reset_connection(self) -> None:
-        """RESET: RESP2, no name, normal mode."""
+        """RESET: RESP2, no name, normal mode, no subscriptions."""
         self.proto = 2
         self.name = None
+        if self.subs is not None:
+            self.host.pubsub.hub.drop(self.subs)
         if self.mode is not None:
             self.set_mode(NORMAL)
 
@@ -416,6 +441,8 @@ class ClientSession(Recipient):
             self.host.scripts.forward(self, spec, argv, frame)
         elif kind == KIND_NODES:
             self.host.scripts.all_nodes(self, spec, argv, frame)
+        elif kind == KIND_PUBSUB:
+            self.host.pubsub.handle(self, spec, argv, frame)
         elif kind == KIND_BLOCKING:
             if spec.name == "wait":
                 self.wait(argv)

@@ -19,6 +19,7 @@ from shardproxy.session.builtin import Builtin
 from shardproxy.session.fanout import Fanout
 from shardproxy.session.registry import Client
 from shardproxy.session.scripts import Scripts
+from shardproxy.session.subscribed import PubSubCommands
 
 
 class Limits(Protocol):
@@ -52,6 +53,7 @@ class SessionHost(Protocol):
     fanout: Fanout
     builtin: Builtin
     scripts: Scripts
+    pubsub: PubSubCommands
 
     def next_client_id(self) -> int: ...
 

@@ -13,7 +13,8 @@ transitions between them. Every mode change of a client goes through this module
 
     NORMAL or WATCHING ── BLPOP ... ──▶ BLOCKED ── its reply ──▶ back where it came from
 
-(The pub/sub mode joins this table when it is built.)
+    NORMAL or WATCHING ── SUBSCRIBE (RESP2) ──▶ SUBSCRIBED ── last UNSUBSCRIBE ──▶ back
+                                                   └── RESET ──▶ NORMAL
 
 Normal mode is no object at all (``ClientSession.mode is None``): the single-key fast path
 tests one local boolean per request and nothing else. Any other mode is a
@@ -41,9 +42,13 @@ NORMAL: Final = "normal"
 WATCHING: Final = "watching"
 TRANSACTION: Final = "transaction"
 BLOCKED: Final = "blocked"
+SUBSCRIBED: Final = "subscribed"
 #: the transitions' pseudo-commands of blocked mode
 BLOCKING: Final = "(a blocking command)"
 UNBLOCKED: Final = "(its reply)"
+#: ... and of subscribed mode (RESP2 clients only: a RESP3 client stays where it is)
+SUBSCRIBING: Final = "(a first subscription, RESP2)"
+UNSUBSCRIBED: Final = "(its last subscription ends)"
 
 #: a request as the session parsed it: its spec (None if unknown), argv and raw frame
 Request = tuple[CommandSpec | None, list[bytes], bytes]
@@ -87,6 +92,16 @@ MODES: Final[tuple[ModeRule, ...]] = (
         "session.blocked",
     ),
     ModeRule(
+        SUBSCRIBED,
+        "SUBSCRIBE, PSUBSCRIBE or SSUBSCRIBE from a RESP2 client (a RESP3 client stays in its "
+        "mode and gets messages as push frames between its replies)",
+        "(P|S)SUBSCRIBE, (P|S)UNSUBSCRIBE, PING (answered `pong` as an array), QUIT, RESET; "
+        "anything else is `-ERR Can't execute ...`, as Redis says it; messages arrive between "
+        "the replies",
+        "the last UNSUBSCRIBE / PUNSUBSCRIBE / SUNSUBSCRIBE (back to normal, or watching), RESET",
+        "session.subscribed",
+    ),
+    ModeRule(
         TRANSACTION,
         "MULTI",
         "commands are checked and queued in the proxy (`+QUEUED`); the first keyed one (or "
@@ -109,6 +124,10 @@ TRANSITIONS: Final[dict[tuple[str, str], str]] = {
     (NORMAL, BLOCKING): BLOCKED,
     (WATCHING, BLOCKING): BLOCKED,  # the watch is kept across the block
     (BLOCKED, UNBLOCKED): NORMAL,  # or WATCHING, when it came from there
+    (NORMAL, SUBSCRIBING): SUBSCRIBED,
+    (WATCHING, SUBSCRIBING): SUBSCRIBED,  # the watch is kept while subscribed
+    (SUBSCRIBED, UNSUBSCRIBED): NORMAL,  # or WATCHING, when it came from there
+    (SUBSCRIBED, "reset"): NORMAL,
     (TRANSACTION, "exec"): NORMAL,
     (TRANSACTION, "discard"): NORMAL,
     (TRANSACTION, "reset"): NORMAL,
