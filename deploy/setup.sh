@@ -28,6 +28,8 @@ if [ "${SHARDPROXY_SETUP:-test}" = "test" ]; then
   command -v promtool >/dev/null 2>&1 || need+=(prometheus)
   # systemd-analyze verifies deploy/systemd/shardproxy.service (the packaging tests)
   command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
+  # openssl makes the TLS tests' certificates (bench/tlscerts.py)
+  command -v openssl >/dev/null 2>&1 || need+=(openssl)
   # Node and npm for the node client tests (tests/clients/node)
   command -v node >/dev/null 2>&1 || need+=(nodejs)
   command -v npm >/dev/null 2>&1 || need+=(npm)

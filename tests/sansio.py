@@ -30,6 +30,7 @@ from shardproxy.backend.connection import BackendSettings
 from shardproxy.backend.lease import Lease
 from shardproxy.backend.node import Node
 from shardproxy.backend.slots import PushConsumer, Recipient, ReplySlot
+from shardproxy.commands.acl import compile_users
 from shardproxy.commands.table import SPEC_COUNT, CommandSpec, denied_sub, lookup_table
 from shardproxy.observe.metrics import CommandCounters, Stats
 from shardproxy.protocol import encode
@@ -347,6 +348,7 @@ class Limits:
     max_request_bytes: int = 512 * 1024 * 1024
     max_inline_bytes: int = 64 * 1024
     max_clients: int = 100
+    max_unread_bytes: int = 256 * 1024 * 1024
 
 
 class TelemetryStub:
@@ -384,6 +386,8 @@ class FakeHost:
         read_your_writes: float = 0.0,
         per_shard_transactions: bool = False,
         pubsub_connections: int = 1,
+        auth_password: str | None = None,
+        users: Sequence[tuple[str, Sequence[str], str]] = (),
         pubsub_hard_limit: int = 32 * 1024**2,
     ) -> None:
         self.net = net
@@ -391,6 +395,7 @@ class FakeHost:
         self.limits = limits or Limits()
         self.settings = settings or BackendSettings()
         self.table: dict[bytes, CommandSpec] = lookup_table()
+        self.users = compile_users(auth_password, users, self.table)
         self.stats = Stats()
         self.command_counters: CommandCounters | None = CommandCounters(SPEC_COUNT + 1)
         self.read_your_writes = float(read_your_writes)

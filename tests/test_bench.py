@@ -157,3 +157,40 @@ def test_pubsub_benchmark_delivers_every_message_on_both_targets() -> None:
         figures["medians"]["proxy"]["published_per_s"]
         / figures["medians"]["direct"]["published_per_s"]
     )
+
+
+def test_tls_benchmark_measures_every_configuration_and_the_ratios() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.tls", "--quick", "--json"],
+        cwd=REPO,
+        env=dict(os.environ, PYTHONPATH=str(REPO)),
+        capture_output=True,
+        text=True,
+        timeout=110,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:] + done.stdout[-3000:]
+    figures = json.loads(done.stdout.strip().splitlines()[-1])
+    configurations = figures["configurations"]
+    assert set(configurations) == {
+        "redis-plain",
+        "redis-tls",
+        "proxy-plain",
+        "proxy-tls",
+        "proxy-tls-tls",
+        "proxy-auth",
+    }
+    for key, conf in configurations.items():
+        assert conf["rps"] > 0 and conf["runs_failed"] == 0, (key, conf)
+    pairs = {
+        "proxy TLS / proxy plain": ("proxy-tls", "proxy-plain"),
+        "proxy TLS+TLS / proxy plain": ("proxy-tls-tls", "proxy-plain"),
+        "Redis TLS / Redis plain": ("redis-tls", "redis-plain"),
+        "proxy TLS / Redis TLS": ("proxy-tls", "redis-tls"),
+        "proxy auth / proxy plain": ("proxy-auth", "proxy-plain"),
+    }
+    for name, (a, b) in pairs.items():
+        expected = configurations[a]["rps"] / configurations[b]["rps"]
+        assert figures["ratios"][name] == pytest.approx(expected), name
+        assert name in done.stdout  # and printed in the table
+    assert figures["get_misses"] == 0  # every GET hit a pre-written key

@@ -139,14 +139,14 @@ def test_local_commands() -> None:
         "client", "client|setname", "client|getname", "client|id", "client|no-evict",
         "client|info", "client|setinfo", "client|no-touch", "client|maint_notifications", "role",
         "command", "command|count", "command|info", "command|docs", "command|getkeys",
-        "command|list",
+        "command|list", "acl|whoami", "acl|cat",
     }  # fmt: skip
 
 
 @pytest.mark.parametrize(
     "argv",
     [["config", "get", "x"], ["debug", "sleep", "0"], ["shutdown"], ["replicaof", "h", "1"],
-     ["monitor"], ["cluster", "info"], ["save"], ["bgsave"], ["lastsave"], ["acl", "whoami"],
+     ["monitor"], ["cluster", "info"], ["save"], ["bgsave"], ["lastsave"], ["acl", "list"],
      ["slowlog", "get"], ["latency", "latest"], ["swapdb", "0", "1"], ["move", "k", "1"],
      ["migrate", "h", "1", "k", "0", "5"], ["lolwut"],
      ["memory", "stats"], ["memory", "doctor"], ["object", "help"],

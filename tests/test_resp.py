@@ -946,3 +946,43 @@ def test_split_strings_agrees_with_split_aggregate(raw: bytes) -> None:
 )
 def test_split_strings_refuses_anything_else(raw: bytes) -> None:
     assert split_strings(raw) is None
+
+
+# -- limits for a client that has not authenticated, and lengths that are not numbers ----------
+
+
+def test_unauthenticated_limits_are_redis_s() -> None:
+    p = RequestParser()
+    p.require_auth(True)
+    assert p.feed(b"*10\r\n" + b"$1\r\na\r\n" * 10) != []  # 10 arguments: fine
+    assert p.error is None
+    assert p.feed(b"*11\r\n") == [] and p.error == "unauthenticated multibulk length"
+    p = RequestParser()
+    p.require_auth(True)
+    ok = b"*2\r\n$3\r\nGET\r\n$16384\r\n" + b"x" * 16384 + b"\r\n"
+    assert len(p.feed(ok)) == 1
+    assert p.feed(b"*2\r\n$3\r\nGET\r\n$16385\r\n") == []
+    assert p.error == "unauthenticated bulk length"
+    p = RequestParser()
+    p.require_auth(True)
+    p.require_auth(False)  # authenticated: the configured limits again
+    assert len(p.feed(b"*11\r\n" + b"$1\r\na\r\n" * 11)) == 1 and p.error is None
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"PING\r\n*" + b"1" * 5000 + b"\r\n", b"*1\r\n$" + b"9" * 5000 + b"\r\n"],
+    ids=["count", "bulk"],
+)
+def test_lengths_of_thousands_of_digits_are_protocol_errors(data: bytes) -> None:
+    p = RequestParser()
+    out = p.feed(data)
+    assert p.error in ("invalid multibulk length", "invalid bulk length")
+    assert [argv for argv, _ in out] == ([[b"PING"]] if data.startswith(b"PING") else [])
+
+
+def test_a_short_malformed_item_after_a_split_bulk_is_seen_at_once() -> None:
+    p = RequestParser()
+    assert p.feed(b"*2\r\n$3\r\nab") == []
+    assert p.feed(b"c\r\nX\r\n") == []
+    assert p.error == "expected '$', got 'X'"

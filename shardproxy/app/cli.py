@@ -62,11 +62,17 @@ def _text(key: bytes) -> str:
 def _load(path: str, label: str = "") -> Config | None:
     """Load ``path``; on failure print its problems on stderr (prefixed with ``label``)."""
     try:
-        return load(path)
+        config = load(path)
     except ConfigError as exc:
         for problem in exc.problems:
             sys.stderr.write(f"{label}{problem}\n")
         return None
+    from shardproxy.app.security import problems  # (the command table: not for every use)
+
+    found = problems(config)
+    for problem in found:
+        sys.stderr.write(f"{label}{path}: {problem}\n")
+    return None if found else config
 
 
 # --- subcommands ------------------------------------------------------------------------------

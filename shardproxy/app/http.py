@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import json
 import logging
 import socket
@@ -31,7 +32,8 @@ MAX_REQUEST = 16 * 1024  # bytes of request head (and at most this much of a bod
 READ_TIMEOUT = 10.0  # seconds for the request, and for writing the answer
 
 _REASONS = {200: "OK", 404: "Not Found", 405: "Method Not Allowed", 400: "Bad Request",
-            500: "Internal Server Error", 503: "Service Unavailable"}  # fmt: skip
+            401: "Unauthorized", 500: "Internal Server Error",
+            503: "Service Unavailable"}  # fmt: skip
 
 
 class Response(NamedTuple):
@@ -124,9 +126,21 @@ async def unix_request(
 class HttpServer:
     """Answers HTTP requests from a route table, on an address or on an inherited socket."""
 
-    def __init__(self, routes: Routes) -> None:
+    def __init__(self, routes: Routes, token: str | None = None, everywhere: bool = False) -> None:
         self.routes = routes
         self.server: asyncio.AbstractServer | None = None
+        # admin_token: POST /reload (and with ``everywhere``, every path) must carry it
+        self.expected = f"Bearer {token}".encode() if token else None
+        self.everywhere = everywhere
+
+    def authorized(self, method: str, target: str, authorization: str) -> bool:
+        """Whether a request may go on (admin_token, compared in constant time)."""
+        if self.expected is None:
+            return True
+        path = target.split("?", 1)[0]
+        if not self.everywhere and (method, path) != ("POST", "/reload"):
+            return True
+        return hmac.compare_digest(authorization.strip().encode("latin-1"), self.expected)
 
     async def start(self, address: Address) -> None:
         """Listen on ``address`` (TCP, or a unix socket path). Raises OSError."""
@@ -166,17 +180,27 @@ class HttpServer:
             else:
                 method, target = parts[0].upper(), parts[1]
                 length = 0
+                authorization = ""
                 for line in lines[1:]:
                     name, _, value = line.partition(":")
-                    if name.strip().lower() == "content-length" and value.strip().isdigit():
+                    key = name.strip().lower()
+                    if key == "content-length" and value.strip().isdigit():
                         length = min(int(value.strip()), MAX_REQUEST)
+                    elif key == "authorization":
+                        authorization = value
                 if length:
                     await asyncio.wait_for(reader.readexactly(length), READ_TIMEOUT)
-                try:
-                    response = await dispatch(self.routes, method, target)
-                except Exception as exc:  # an endpoint bug must not kill the listener
-                    log.exception("admin endpoint %s failed", target)
-                    response = json_response(500, {"error": str(exc)})
+                if not self.authorized(method, target, authorization):
+                    log.warning("admin %s %s refused: no valid admin_token", method, target)
+                    response = json_response(
+                        401, {"error": "Authorization: Bearer <admin_token> required"}
+                    )
+                else:
+                    try:
+                        response = await dispatch(self.routes, method, target)
+                    except Exception as exc:  # an endpoint bug must not kill the listener
+                        log.exception("admin endpoint %s failed", target)
+                        response = json_response(500, {"error": str(exc)})
             status, ctype, body = response
             reason = _REASONS.get(status, "OK")
             writer.write(

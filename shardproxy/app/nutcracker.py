@@ -89,8 +89,8 @@ DIRECTIVES: tuple[Directive, ...] = (
     Directive(
         "redis_auth",
         "string",
-        "`backend.password`, and `auth.password` once shardproxy has client authentication; "
-        "until then a warning: nutcracker also asked clients for it, so they must stop sending AUTH",
+        "`backend.password` and `auth.password`: nutcracker AUTHs to the servers and asks its "
+        "clients for the same password, and so does the converted topology",
     ),
     Directive("redis_db", "num", "`0` only: another database is refused (shardproxy uses 0)"),
     Directive("server_connections", "num", "`backend.connections`"),

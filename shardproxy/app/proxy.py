@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from shardproxy.app import security
 from shardproxy.app.telemetry import Telemetry
 from shardproxy.backend.node import Node
 from shardproxy.commands import table as commands
@@ -83,6 +84,7 @@ class Proxy:
             metrics.Histogram(0) if config.metrics.commands else None,
         )
         self.health = self.fleet.health
+        self.server_tls = security.server_context(config)  # tls: the client listeners'
         self.fleet.on_switch = self.hub.reconcile  # subscriptions follow a promotion at once
         self.registry = ClientRegistry(self.stats, config.limits.max_clients)
         self.fanout = Fanout()
@@ -103,6 +105,7 @@ class Proxy:
         self.limits: LimitsConfig = config.limits
         self.deny = config.deny_commands
         self.table = commands.lookup_table(self.deny)
+        self.users = security.users(config, self.table)  # (validated: security.problems)
         self.read_your_writes = config.read_your_writes_ms / 1000
         self.per_shard_transactions = config.transactions.cross_shard == "per-shard"
 
@@ -153,6 +156,12 @@ class Proxy:
     def apply(self, new: Config) -> dict[str, Any]:
         """Switch to a new, already validated topology in one step (see Fleet.apply)."""
         self._configure(new)
+        self.registry.users_changed(self.users)  # each client acts as its user's new rules
+        if self.server_tls is not None and new.tls.cert_file and new.tls.key_file:
+            # certificates read again; new handshakes use them (the listeners stay)
+            self.server_tls.load_cert_chain(new.tls.cert_file, new.tls.key_file)
+            if new.tls.ca_file:
+                self.server_tls.load_verify_locations(new.tls.ca_file)
         self.registry.max_clients = new.limits.max_clients
         self.scripts.registry.limit = new.scripts.cache_bytes
         ps = new.pubsub

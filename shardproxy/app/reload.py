@@ -24,6 +24,7 @@ import hashlib
 import logging
 from typing import Any, Protocol
 
+from shardproxy.app import security
 from shardproxy.config import Config, ConfigError, load
 from shardproxy.control.libraries import copy_libraries
 from shardproxy.observe.metrics import Stats
@@ -69,6 +70,9 @@ class Reloader:
             self._digest = self._file_digest()
             try:
                 new = load(self.path)
+                found = security.problems(new)
+                if found:
+                    raise ConfigError(found, self.path)
             except ConfigError as exc:
                 stats.reloads["failure"] += 1
                 log.error(

@@ -15,9 +15,12 @@ import logging
 import os
 import signal
 import socket
+import ssl
+import time
 from collections.abc import Callable, Coroutine
 from typing import Any, cast
 
+from shardproxy.app import security
 from shardproxy.app.admin import proxy_routes
 from shardproxy.app.http import HttpServer
 from shardproxy.app.proxy import Proxy
@@ -34,8 +37,10 @@ async def start_listener(
     loop: asyncio.AbstractEventLoop,
     sock: socket.socket | None = None,
     reuse_port: bool = False,
+    tls: ssl.SSLContext | None = None,
 ) -> asyncio.AbstractServer:
-    """Listen on ``address`` (or on an already bound ``sock`` inherited from a supervisor)."""
+    """Listen on ``address`` (or on an already bound ``sock`` inherited from a supervisor);
+    with ``tls``, clients speak TLS."""
 
     def factory() -> asyncio.Protocol:
         # a protocol by its methods (its base class is the backends' view of it, see session)
@@ -44,7 +49,7 @@ async def start_listener(
     if sock is not None:
         if sock.family == socket.AF_UNIX:
             return await loop.create_unix_server(factory, sock=sock, backlog=1024)
-        return await loop.create_server(factory, sock=sock, backlog=1024)
+        return await loop.create_server(factory, sock=sock, backlog=1024, ssl=tls)
     if address.unix:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(address.unix)
@@ -56,6 +61,7 @@ async def start_listener(
         reuse_address=True,
         reuse_port=reuse_port or None,
         backlog=1024,
+        ssl=tls,
     )
 
 
@@ -93,6 +99,14 @@ async def run_proxy(
             sock = (sockets or {}).get(str(address))
             servers.append(await start_listener(ctx, address, loop, sock, reuse_port))
             log.info("listening on %s", address)
+        for address in config.tls.listen:
+            sock = (sockets or {}).get(str(address))
+            servers.append(
+                await start_listener(ctx, address, loop, sock, reuse_port, ctx.server_tls)
+            )
+            log.info(
+                "listening on %s (TLS, client certificates %s)", address, config.tls.client_certs
+            )
     except OSError as exc:
         log.error("cannot listen: %s", exc)
         for srv in servers:
@@ -103,7 +117,14 @@ async def run_proxy(
     admin = None
     admin_at = config.admin if admin_address is True else admin_address
     if isinstance(admin_at, Address):
-        admin = HttpServer(proxy_routes(ctx, reloader.reload if reloader is not None else None))
+        admin = HttpServer(
+            proxy_routes(ctx, reloader.reload if reloader is not None else None),
+            config.admin_token,
+            config.admin_token_everywhere,
+        )
+        warning = security.admin_warning(config)
+        if warning is not None and worker == 0:
+            log.warning("%s", warning)
         try:
             await admin.start(admin_at)
             log.info("admin HTTP on %s", admin_at)
@@ -114,6 +135,7 @@ async def run_proxy(
             await ctx.health.stop()
             ctx.close()
             return 1
+    idle_task = loop.create_task(_close_idle(ctx))
     hup_task = None
     if reloader is not None:
         if config.reload.watch:
@@ -121,6 +143,7 @@ async def run_proxy(
         if hup is not None:
             hup_task = loop.create_task(_reload_on(hup, reloader))
     await stop.wait()
+    idle_task.cancel()
     if hup_task is not None:
         hup_task.cancel()
     if reloader is not None:
@@ -141,6 +164,15 @@ async def run_proxy(
         await srv.wait_closed()
     log.info("stopped")
     return 0
+
+
+async def _close_idle(ctx: Proxy) -> None:
+    """limits.client_idle_timeout_s: once a second, close the clients idle for longer."""
+    while True:
+        await asyncio.sleep(1.0)
+        timeout = ctx.config.limits.client_idle_timeout_s
+        if timeout:
+            ctx.registry.close_idle(time.perf_counter(), timeout)
 
 
 async def _reload_on(hup: asyncio.Event, reloader: Reloader) -> None:

@@ -163,7 +163,11 @@ class Supervisor:
             for sig in SIGNALS:
                 loop.add_signal_handler(sig, self._on_signal, sig)
             if self.admin_sock is not None:
-                self.admin = HttpServer(supervisor_routes(self))
+                self.admin = HttpServer(
+                    supervisor_routes(self),
+                    self.config.admin_token,
+                    self.config.admin_token_everywhere,
+                )
                 loop.run_until_complete(self.admin.start_on(self.admin_sock))
                 log.info(
                     "admin HTTP on %s (merging %d workers)", self.config.admin, len(self.slots)
@@ -395,7 +399,7 @@ class Supervisor:
         """Bind what must be bound once, before forking. False (logged) when one cannot be."""
         address: Address | None = None
         try:
-            for address in self.config.listen:
+            for address in (*self.config.listen, *self.config.tls.listen):
                 if address.unix:
                     self.sockets[str(address)] = _unix_listener(address.unix)
                     self.unix_paths.append(address.unix)

@@ -85,6 +85,8 @@ class Telemetry:
                     ("total_transactions_started", st.transactions_started),
                     *((f"transactions_{k}", v) for k, v in st.transactions.items()),
                     ("noscript_recoveries", st.noscript_recoveries),
+                    ("auth_failures", st.auth_failures),
+                    *((f"disconnected_{k}", v) for k, v in st.client_disconnects.items()),
                     ("pubsub_channels", len(self.pubsub.interest[CHANNEL])),
                     ("pubsub_patterns", len(self.pubsub.interest[PATTERN])),
                     ("pubsubshard_channels", len(self.pubsub.interest[SHARD])),
@@ -193,6 +195,10 @@ class Telemetry:
                 for label, kind in (("channel", CHANNEL), ("pattern", PATTERN), ("shard", SHARD))
             ],
             "shardproxy_pubsub_clients": [S((), len(self.pubsub.subscribed))],
+            "shardproxy_auth_failures_total": [S((), st.auth_failures)],
+            "shardproxy_client_disconnects_total": [
+                S((k,), v) for k, v in st.client_disconnects.items()
+            ],
             "shardproxy_pubsub_messages_total": [S((), st.pubsub_messages)],
             "shardproxy_pubsub_slow_disconnects_total": [S((), st.pubsub_slow_disconnects)],
             "shardproxy_pubsub_upstream_connections": [

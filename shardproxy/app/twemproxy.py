@@ -10,7 +10,6 @@ nutcracker's placement.
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 import textwrap
 from dataclasses import dataclass, field
@@ -57,19 +56,6 @@ class Conversion:
     pool: str
     topology: dict[str, Any]
     notes: list[str] = field(default_factory=list)
-
-
-def _client_password_key() -> tuple[str, str] | None:
-    """Where the topology takes the client password (the contract's ``auth.password``), if this
-    build has client authentication; None if it has none yet."""
-    from shardproxy.config import Config
-
-    for f in dataclasses.fields(Config):
-        section = f.metadata.get("section")
-        if f.name == "auth" and isinstance(section, type) and dataclasses.is_dataclass(section):
-            if any(s.name == "password" for s in dataclasses.fields(section)):
-                return ("auth", "password")
-    return None
 
 
 def convert(
@@ -145,15 +131,7 @@ def convert(
     password = v.get("redis_auth", "")
     if password:
         backend["password"] = password
-        client_key = _client_password_key()
-        if client_key is not None:
-            topo[client_key[0]] = {client_key[1]: password}
-        else:
-            notes.append(
-                "redis_auth: the servers' password became backend.password, but nutcracker also "
-                "made clients AUTH with it and this shardproxy has no client authentication: "
-                "clients must stop sending AUTH <password> (shardproxy answers it with an error)"
-            )
+        topo["auth"] = {"password": password}  # nutcracker made its clients AUTH with it too
     topo["backend"] = backend
 
     auto_eject = v.get("auto_eject_hosts", False)

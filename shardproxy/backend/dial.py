@@ -3,7 +3,8 @@
 Every connection the proxy makes — shared data pipelines, leased connections, health probes,
 Sentinel queries and subscriptions, key migration, the command-table generator — opens here:
 TCP (with ``TCP_NODELAY``) or a unix socket, within a connect timeout, then the handshake
-(``AUTH``, ``HELLO 3``). TLS, when it comes, is one more field of :class:`Endpoint`.
+(``AUTH``, ``HELLO 3``). TLS is a field of :class:`Endpoint` (``backend.tls``): every kind
+of connection gets it the same way.
 
 Two shapes:
 
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import ssl
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
@@ -32,11 +34,18 @@ P = TypeVar("P", bound=asyncio.BaseProtocol)
 
 @dataclass(frozen=True, slots=True)
 class Endpoint:
-    """Where a server listens: ``host:port``, or a unix socket path."""
+    """Where a server listens: ``host:port``, or a unix socket path; ``tls`` to speak TLS to
+    it (verified against ``server_name``, or the host)."""
 
     host: str = ""
     port: int = 0
     unix: str | None = None
+    tls: ssl.SSLContext | None = None
+    server_name: str | None = None
+
+    def server_hostname(self) -> str | None:
+        """The name the server's certificate is checked against (None without TLS)."""
+        return None if self.tls is None else (self.server_name or self.host)
 
     def __str__(self) -> str:
         if self.unix:
@@ -92,7 +101,13 @@ async def open_transport(
     if endpoint.unix:
         coro = loop.create_unix_connection(factory, endpoint.unix)
     else:
-        coro = loop.create_connection(factory, endpoint.host, endpoint.port)
+        coro = loop.create_connection(
+            factory,
+            endpoint.host,
+            endpoint.port,
+            ssl=endpoint.tls,
+            server_hostname=endpoint.server_hostname(),
+        )
     transport, protocol = await asyncio.wait_for(coro, timeout)
     _nodelay(transport)
     return transport, protocol
@@ -134,7 +149,12 @@ class ControlConnection:
         async def connect() -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
             if endpoint.unix:
                 return await asyncio.open_unix_connection(endpoint.unix)
-            return await asyncio.open_connection(endpoint.host, endpoint.port)
+            return await asyncio.open_connection(
+                endpoint.host,
+                endpoint.port,
+                ssl=endpoint.tls,
+                server_hostname=endpoint.server_hostname(),
+            )
 
         reader, writer = await asyncio.wait_for(connect(), timeout)
         _nodelay(writer.transport)

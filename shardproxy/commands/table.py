@@ -100,7 +100,7 @@ POLICY_TABLE: Final[tuple[tuple[str, str, str | None], ...]] = (
     ("ping echo quit select hello info auth reset",                  KIND_LOCAL,       None),
     ("client client|setname client|getname client|setinfo client|id "
      "client|no-evict client|no-touch client|info "
-     "client|maint_notifications role",                              KIND_LOCAL,       None),
+     "client|maint_notifications role acl|whoami acl|cat",           KIND_LOCAL,       None),
     ("command command|count command|info command|docs command|getkeys "
      "command|list",                                                 KIND_LOCAL,       None),
     # -- keyed subcommands of containers that are otherwise refused

@@ -155,6 +155,39 @@ ADMIN = _Kind('address or "off"', _admin, lambda v: "off" if v is None else str(
 COMMAND_NAMES = _Kind("list of command names", _command_names, _show_list)
 
 
+def _passwords(value: object) -> tuple[str, ...]:
+    def one(item: object) -> str:
+        if not isinstance(item, str) or not item:
+            raise _bad("must be a non-empty string (quote it)")
+        if item.startswith("#") and (
+            len(item) != 65 or any(c not in "0123456789abcdefABCDEF" for c in item[1:])
+        ):
+            raise _bad("a password starting with # is a SHA-256: # and 64 hex digits")
+        return item
+
+    return _list(value, one, "passwords")
+
+
+ACL_RULES = _Kind("Redis ACL rules", _string, lambda v: f'"{v}"')
+CLIENT_CERTS = _choice("client certificate mode", ("none", "optional", "required"))
+
+
+def _tls_listeners(value: object) -> tuple[Address, ...]:
+    if isinstance(value, str):
+        value = [value]
+    addresses = _list(value, lambda v: _address(v, listener=True), "addresses")
+    for a in addresses:
+        if a.unix:
+            raise _bad("a TLS listener is host:port (unix sockets are local: use `listen`)")
+    return addresses
+
+
+TLS_LISTENERS = _Kind("address or list of addresses", _tls_listeners, _show_addresses)
+PASSWORDS = _Kind(
+    "list of passwords (plain, or # and the SHA-256 hex)", _passwords, lambda v: f"({len(v)})"
+)
+
+
 @dataclass(frozen=True)
 class LagLimit:
     """How far behind its primary a replica may be and still serve reads: bytes of replication

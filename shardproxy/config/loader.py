@@ -109,9 +109,38 @@ def parse(data: object, source: str | None = None) -> Config:
     config = _build(Config, data, "", problems)
     if isinstance(data, Mapping):
         _cross_checks(data, problems)
+    if config is not None:
+        _security_checks(config, problems)
     if problems or config is None:
         raise ConfigError(problems, source)
     return dataclasses.replace(config, source=source)
+
+
+def _security_checks(config: Config, problems: list[str]) -> None:
+    """auth and tls rules that span keys (the ACL rules themselves are compiled by the
+    proxy, which knows the commands: shardproxy.commands.acl)."""
+    names: dict[str, int] = {}
+    for i, user in enumerate(config.auth.users):
+        if user.name in names:
+            problems.append(f"auth.users[{i}].name: duplicate user {user.name!r}")
+        names.setdefault(user.name, i)
+    if config.auth.password is not None and "default" in names:
+        problems.append(
+            f"auth.users[{names['default']}].name: the default user is set by auth.password "
+            "already; give one or the other"
+        )
+    tls = config.tls
+    if tls.listen and (tls.cert_file is None or tls.key_file is None):
+        problems.append("tls.listen: needs tls.cert_file and tls.key_file")
+    if tls.client_certs != "none" and tls.ca_file is None:
+        problems.append(f"tls.client_certs: {tls.client_certs} needs tls.ca_file")
+    seen = {str(a) for a in config.listen}
+    for i, a in enumerate(tls.listen):
+        if str(a) in seen:
+            problems.append(f"tls.listen[{i}]: {a} is also a plain listener")
+    b = config.backend.tls
+    if (b.cert_file is None) != (b.key_file is None):
+        problems.append("backend.tls.cert_file: needs backend.tls.key_file (and the other way)")
 
 
 class _StrictLoader(yaml.SafeLoader):

@@ -18,7 +18,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from shardproxy.config.kinds import (
+    ACL_RULES,
     ADMIN,
+    CLIENT_CERTS,
     COMMAND_NAMES,
     CROSS_SHARD,
     DISTRIBUTION,
@@ -29,8 +31,10 @@ from shardproxy.config.kinds import (
     MIGRATION_COPY,
     NODE,
     NODES,
+    PASSWORDS,
     READ_POLICY,
     TAG,
+    TLS_LISTENERS,
     Address,
     LagLimit,
 )
@@ -114,6 +118,41 @@ class TimeoutsConfig:
 
 
 @dataclass(frozen=True)
+class BackendTlsConfig:
+    """TLS to every Redis node (absent: plain TCP)."""
+
+    enabled: bool = field(
+        default=False,
+        metadata=_key(
+            BOOL,
+            "connect to the nodes over TLS (also on as soon as ca_file, cert_file or "
+            "server_name is given)",
+        ),
+    )
+    ca_file: str | None = field(
+        default=None,
+        metadata=_key(OPTIONAL_STRING, "CA certificate(s) the nodes' certificates chain to"),
+    )
+    cert_file: str | None = field(
+        default=None,
+        metadata=_key(OPTIONAL_STRING, "client certificate, for Redis's tls-auth-clients"),
+    )
+    key_file: str | None = field(
+        default=None, metadata=_key(OPTIONAL_STRING, "the client certificate's private key")
+    )
+    server_name: str | None = field(
+        default=None,
+        metadata=_key(
+            OPTIONAL_STRING, "name to verify the nodes' certificates against; null: the node's host"
+        ),
+    )
+    verify: bool = field(
+        default=True,
+        metadata=_key(BOOL, "verify the nodes' certificates (false: encryption only)"),
+    )
+
+
+@dataclass(frozen=True)
 class BackendConfig:
     """Connections from the proxy to every node."""
 
@@ -143,6 +182,9 @@ class BackendConfig:
         default=30000,
         metadata=_key(POSITIVE_INT, "a dedicated connection unused for this long is closed"),
     )
+    tls: BackendTlsConfig = field(
+        default_factory=BackendTlsConfig, metadata={"section": BackendTlsConfig}
+    )
 
 
 @dataclass(frozen=True)
@@ -164,6 +206,22 @@ class LimitsConfig:
     )
     max_clients: int = field(
         default=10000, metadata=_key(POSITIVE_INT, "client connections per worker")
+    )
+    client_idle_timeout_s: int = field(
+        default=0,
+        metadata=_key(
+            NON_NEGATIVE_INT,
+            "close a client idle for this many seconds (not one that is subscribed or blocked); "
+            "0: never (Redis's timeout)",
+        ),
+    )
+    max_unread_bytes: int = field(
+        default=256 * 1024**2,
+        metadata=_key(
+            SIZE_OR_ZERO,
+            "a client that does not read its replies is disconnected once this many bytes wait "
+            "for it (subscribed clients: pubsub.output_*); 0: never",
+        ),
     )
 
 
@@ -304,6 +362,71 @@ class ScriptsConfig:
 
 
 @dataclass(frozen=True)
+class UserConfig:
+    """One client user (``AUTH <name> <password>``)."""
+
+    name: str = field(metadata=_key(NAME, "the user's name, as AUTH and HELLO AUTH give it"))
+    passwords: tuple[str, ...] = field(
+        default=(),
+        metadata=_key(
+            PASSWORDS,
+            "its passwords: plain, or `#` and the SHA-256 in hex, as Redis's ACL stores them",
+            secret=True,
+        ),
+    )
+    rules: str = field(
+        default="on +@all ~* &*",
+        metadata=_key(
+            ACL_RULES,
+            "what it may do, in Redis ACL rule syntax: on/off, +@category, -command, "
+            "+command|subcommand, ~keypattern, %R~ / %W~, &channelpattern, allkeys, "
+            "allchannels, nopass, >password, #sha256 (README: Security)",
+        ),
+    )
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    """Client authentication; with neither key set, clients need no AUTH (as Redis)."""
+
+    password: str | None = field(
+        default=None,
+        metadata=_key(
+            OPTIONAL_STRING,
+            "the default user's password (Redis's requirepass): `AUTH <password>`",
+            secret=True,
+        ),
+    )
+    users: tuple[UserConfig, ...] = field(default=(), metadata={"sections": UserConfig})
+
+
+@dataclass(frozen=True)
+class TlsConfig:
+    """TLS listeners for clients (the plain `listen` ones stay as they are)."""
+
+    listen: tuple[Address, ...] = field(
+        default=(), metadata=_key(TLS_LISTENERS, 'TLS listener(s) for clients: "host:port"')
+    )
+    cert_file: str | None = field(
+        default=None, metadata=_key(OPTIONAL_STRING, "the proxy's certificate (PEM)")
+    )
+    key_file: str | None = field(
+        default=None, metadata=_key(OPTIONAL_STRING, "its private key (PEM)")
+    )
+    ca_file: str | None = field(
+        default=None,
+        metadata=_key(OPTIONAL_STRING, "CA certificate(s) that client certificates must chain to"),
+    )
+    client_certs: str = field(
+        default="none",
+        metadata=_key(
+            CLIENT_CERTS,
+            "`none`; `optional` (a certificate, if sent, must verify); `required` (mutual TLS)",
+        ),
+    )
+
+
+@dataclass(frozen=True)
 class PubSubConfig:
     """Pub/sub: the proxy's subscriber connections and its limit for slow subscribers."""
 
@@ -364,6 +487,20 @@ class Config:
         default=Address("127.0.0.1", 9121),
         metadata=_key(ADMIN, "HTTP admin listener (/metrics, /healthz, /readyz, /topology)"),
     )
+    admin_token: str | None = field(
+        default=None,
+        metadata=_key(
+            OPTIONAL_STRING,
+            "a bearer token POST /reload must carry (`Authorization: Bearer <token>`)",
+            secret=True,
+        ),
+    )
+    admin_token_everywhere: bool = field(
+        default=False,
+        metadata=_key(BOOL, "require admin_token on every admin path, /metrics included"),
+    )
+    auth: AuthConfig = field(default_factory=AuthConfig, metadata={"section": AuthConfig})
+    tls: TlsConfig = field(default_factory=TlsConfig, metadata={"section": TlsConfig})
     hash: HashConfig = field(default_factory=HashConfig, metadata={"section": HashConfig})
     read_policy: str = field(
         default="primary",

@@ -70,6 +70,10 @@ class PromoteFailover(NoFailover):
         # follow the roles the nodes report once worker 0 has acted
         self.act = act
         self.failed_once: set[str] = set()  # shards whose failed attempt was already counted
+        # shard -> the node this proxy promoted: while it is up it stays the primary, even if
+        # the old primary comes back (from a SIGSTOP, say) with a higher offset of its own
+        # history, which would be the wrong data to keep
+        self.promoted: dict[str, str] = {}
 
     async def check(self, shard: Shard, monitor: HealthMonitor) -> None:
         s: MutableShard = shard
@@ -91,7 +95,8 @@ class PromoteFailover(NoFailover):
             for n in (s.primary, *s.replicas)
             if monitor.state(n) != DOWN and _role(monitor, n) == "master"
         ]
-        if len(masters) > 1:
+        if len(masters) > 1 and self.promoted.get(s.name) != p.address:
+            # (offsets of two histories are compared only when this proxy did not choose)
             best = max(masters, key=lambda n: (_offset(monitor, n), n is p))
             if best is not p:
                 switch_primary(s, best)
@@ -130,6 +135,7 @@ class PromoteFailover(NoFailover):
             log.error("shard %s: REPLICAOF NO ONE on %s failed: %r", s.name, best.address, reply)
             return
         switch_primary(s, best)
+        self.promoted[s.name] = best.address
         self.record(s.name, "success")
         for r in s.replicas:
             if r is not best and monitor.state(r) != DOWN:

@@ -15,6 +15,7 @@ assignment of a new router, which the fleet hands to whoever publishes it (``on_
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -48,7 +49,22 @@ def health_settings(config: Config) -> HealthSettings:
     )
 
 
-def backend_settings(config: Config) -> BackendSettings:
+def backend_context(config: Config) -> ssl.SSLContext | None:
+    """The TLS context of every connection to a node (``backend.tls``), or None; certificate
+    files are read here, so a reload reads them again."""
+    t = config.backend.tls
+    if not (t.enabled or t.ca_file or t.cert_file or t.server_name):
+        return None  # (any of these turns TLS on: the section given is TLS wanted)
+    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=t.ca_file)
+    if not t.verify:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    if t.cert_file is not None and t.key_file is not None:
+        ctx.load_cert_chain(t.cert_file, t.key_file)
+    return ctx
+
+
+def backend_settings(config: Config, tls: ssl.SSLContext | None = None) -> BackendSettings:
     b = config.backend
     return BackendSettings(
         connect_timeout=config.timeouts.connect_ms / 1000,
@@ -58,6 +74,8 @@ def backend_settings(config: Config) -> BackendSettings:
         password=b.password,
         max_leases=b.max_leases,
         lease_idle=b.lease_idle_ms / 1000,
+        tls=tls,
+        tls_server_name=b.tls.server_name,
     )
 
 
@@ -86,6 +104,7 @@ class Fleet:
         self.shards: list[ShardNodes[Node]] = []  # every shard, ejected or not, in ring order
         self.ejected: set[str] = set()  # shards off the ring (failover.mode eject)
         self.migration: Migration | None = None  # the last reload's key migration
+        self.tls = backend_context(config)  # backend.tls, read at start and at each reload
         self.health = HealthMonitor(
             lambda: cast("list[Shard]", self.shards), health_settings(config), failover(self)
         )
@@ -100,7 +119,7 @@ class Fleet:
 
     def _build_router(self, config: Config) -> Router[Node]:
         ring = config.ring()
-        settings = backend_settings(config)
+        settings = backend_settings(config, self.tls)
         by_name = {s.name: s for s in config.shards}
         # With failover, the primary the proxy follows now (promoted, or reported by Sentinel)
         # wins over the file's order as long as the file still lists that node for the shard.
@@ -131,7 +150,7 @@ class Fleet:
     def _node(self, shard: str, role: str, address: Address, settings: BackendSettings) -> Node:
         existing = self.nodes.get(str(address))
         if existing is not None:  # a reload keeps the node, its connections and its state
-            existing.settings = settings
+            existing.configure(settings)
             if existing.role != role or existing.shard != shard:
                 existing.role, existing.shard = role, shard
                 self._attach_latency(existing)
@@ -158,7 +177,7 @@ class Fleet:
         address = Address(host, port)
         node = self.nodes.get(str(address))
         if node is None:
-            node = self._node(shard, role, address, backend_settings(self.config))
+            node = self._node(shard, role, address, backend_settings(self.config, self.tls))
         return node
 
     def warm_up(self) -> None:
@@ -201,6 +220,7 @@ class Fleet:
         old_router = self.router
         old_nodes = dict(self.nodes)
         self.config = new
+        self.tls = backend_context(new)
         self.health.settings = health_settings(new)
         self.ejected &= {s.name for s in new.shards}
         router = self._build_router(new)

@@ -142,9 +142,10 @@ class Prober:
         conn = self.conn
         if conn is None or conn.closed:
             node = self.node
-            conn = self.conn = await ControlConnection.open(
-                Endpoint(node.host, node.port, node.unix), self.creds, timeout=timeout
-            )
+            endpoint = getattr(node, "endpoint", None)  # (its TLS, if backend.tls)
+            if not isinstance(endpoint, Endpoint):
+                endpoint = Endpoint(node.host, node.port, node.unix)
+            conn = self.conn = await ControlConnection.open(endpoint, self.creds, timeout=timeout)
         conn.timeout = timeout
         return conn
 

@@ -17,18 +17,19 @@ from __future__ import annotations
 
 import logging
 
+from shardproxy.backend.connection import BackendSettings
 from shardproxy.backend.dial import ControlConnection, Endpoint
 from shardproxy.config import Config
 from shardproxy.config.model import ShardConfig
-from shardproxy.control.fleet import backend_settings
+from shardproxy.control.fleet import backend_context, backend_settings
 from shardproxy.protocol import replies
 
 log = logging.getLogger("shardproxy.reload")
 
 
-def _endpoint(shard: ShardConfig) -> Endpoint:
+def _endpoint(shard: ShardConfig, settings: BackendSettings) -> Endpoint:
     a = shard.primary
-    return Endpoint(a.host, a.port, a.unix)
+    return Endpoint(a.host, a.port, a.unix, settings.tls, settings.tls_server_name)
 
 
 async def copy_libraries(old: Config, new: Config) -> dict[str, str]:
@@ -37,12 +38,14 @@ async def copy_libraries(old: Config, new: Config) -> dict[str, str]:
     added = [s for s in new.shards if s.name not in old_names]
     if not added:
         return {}
-    settings = backend_settings(new)
+    settings = backend_settings(new, backend_context(new))
     timeout = max(settings.command_timeout, settings.connect_timeout)
     payload: bytes | None = None
     for s in old.shards:
         try:
-            conn = await ControlConnection.open(_endpoint(s), settings.credentials, timeout=timeout)
+            conn = await ControlConnection.open(
+                _endpoint(s, settings), settings.credentials, timeout=timeout
+            )
         except (OSError, TimeoutError) as exc:
             log.warning("function libraries: shard %s unreachable (%s)", s.name, exc)
             continue
@@ -68,7 +71,9 @@ async def copy_libraries(old: Config, new: Config) -> dict[str, str]:
         return result
     for s in added:
         try:
-            conn = await ControlConnection.open(_endpoint(s), settings.credentials, timeout=timeout)
+            conn = await ControlConnection.open(
+                _endpoint(s, settings), settings.credentials, timeout=timeout
+            )
             try:
                 answer = await conn.call(b"FUNCTION", b"RESTORE", payload, b"REPLACE")
             finally:

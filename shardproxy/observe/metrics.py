@@ -77,6 +77,8 @@ METRICS: tuple[MetricDef, ...] = (
     MetricDef("shardproxy_blocking_commands_total", "counter", (), "Blocking commands started.", "sum"),
     MetricDef("shardproxy_blocks_reissued_total", "counter", (), "Blocking commands sent again, with the time left, after their connection failed (a failover, a node restart) or a reload moved their keys, counted once the node they were sent to has them.", "sum"),
     MetricDef("shardproxy_block_replies_orphaned_total", "counter", (), "Replies of a blocking command read after its client had left (the element was popped as the client disconnected; each is logged with its key).", "sum"),
+    MetricDef("shardproxy_auth_failures_total", "counter", (), "AUTH and HELLO AUTH refused (-WRONGPASS: unknown user, wrong password, user off); each is logged with the user name and the client's address, never the password.", "sum"),
+    MetricDef("shardproxy_client_disconnects_total", "counter", ("reason",), "Clients the proxy disconnected, by reason: unread (more than limits.max_unread_bytes of replies waiting for a client that does not read), idle (limits.client_idle_timeout_s), user_removed (a reload removed or disabled its user).", "sum"),
     MetricDef("shardproxy_pubsub_channels", "gauge", ("type",), "Channels with at least one subscribed client, by type: channel (SUBSCRIBE), pattern (PSUBSCRIBE), shard (SSUBSCRIBE).", "sum"),
     MetricDef("shardproxy_pubsub_clients", "gauge", (), "Clients with at least one pub/sub subscription.", "sum"),
     MetricDef("shardproxy_pubsub_messages_total", "counter", (), "Pub/sub messages delivered to clients (a message reaching three clients counts three).", "sum"),
@@ -169,11 +171,13 @@ class Stats:
     """Plain counters bumped on the hot path and read by INFO and /metrics."""
 
     __slots__ = (
+        "auth_failures",
         "block_replies_orphaned",
         "blocks",
         "blocks_reissued",
         "bytes_in",
         "bytes_out",
+        "client_disconnects",
         "commands",
         "connections_received",
         "connections_rejected",
@@ -202,6 +206,10 @@ class Stats:
         self.blocks = 0  # blocking commands sent (BLPOP ...)
         self.blocks_reissued = 0  # sent again after a failover, a node's return or a reload
         self.block_replies_orphaned = 0  # replies read for a blocked client that had left
+        self.auth_failures = 0  # AUTH / HELLO AUTH refused (-WRONGPASS)
+        # clients the proxy dropped: unread (limits.max_unread_bytes), idle
+        # (limits.client_idle_timeout_s), user_removed (a reload removed or disabled the user)
+        self.client_disconnects = {"unread": 0, "idle": 0, "user_removed": 0}
         self.pubsub_messages = 0  # pub/sub messages delivered to clients (one per client)
         self.pubsub_slow_disconnects = 0  # subscribers dropped over pubsub.output_*_limit
 

@@ -64,8 +64,14 @@ REPLIES: dict[str, tuple[str, str]] = {
     ),
     "wrongpass": (
         "WRONGPASS invalid username-password pair or user is disabled.",
-        "AUTH or HELLO ... AUTH as a user other than default while the proxy has no client "
-        "authentication (as Redis says it)",
+        "AUTH or HELLO ... AUTH with an unknown user, a wrong password or a user that is "
+        "off (as Redis says it); counted in shardproxy_auth_failures_total",
+    ),
+    "hello_noauth": (
+        "NOAUTH HELLO must be called with the client already authenticated, otherwise the "
+        "HELLO AUTH <user> <pass> option can be used to authenticate the client and select "
+        "the RESP protocol version at the same time",
+        "HELLO without AUTH from a client that has not authenticated (as Redis says it)",
     ),
     "multi_nested": ("ERR MULTI calls can not be nested", "MULTI inside MULTI, as Redis says it"),
     "watch_in_multi": ("ERR WATCH inside MULTI is not allowed", "as Redis says it"),
@@ -151,13 +157,20 @@ def reply(which: str, /, **fields: object) -> bytes:
     return b"-" + message(which, **fields).encode("utf-8", "replace") + b"\r\n"
 
 
-def quote_args(args: list[bytes], limit: int = 8) -> str:
-    """Arguments as Redis quotes them in 'unknown command' errors."""
-    shown = []
-    for a in args[:limit]:
-        text = a[:128].decode("utf-8", "replace")
-        shown.append("'" + text + "'")
-    return " ".join(shown) + (" " if shown else "")
+def quote_args(args: list[bytes]) -> str:
+    """Arguments as Redis quotes them in 'unknown command' errors: each quoted, until 128
+    bytes are shown (the last one cut to fit)."""
+    out = b""
+    for a in args:
+        if len(out) >= 128:
+            break
+        out += b"'" + a[: 128 - len(out)] + b"' "
+    return out.decode("utf-8", "replace")
+
+
+def command_name(name: bytes) -> str:
+    """A command name as Redis shows it in an error: at most 128 bytes."""
+    return name[:128].decode("utf-8", "replace")
 
 
 def reference_markdown() -> str:

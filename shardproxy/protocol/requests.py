@@ -19,9 +19,15 @@ from shardproxy.protocol.framing import CRLF, DOLLAR, STAR, Buffered, digits, le
 
 #: A request with more arguments than this is refused (Redis allows 1024*1024 too).
 MAX_MULTIBULK: Final = 1024 * 1024
+#: ... and, from a client that has not authenticated yet (when authentication is required),
+#: more arguments or a longer one than these (Redis's limits for strangers)
+UNAUTH_MULTIBULK: Final = 10
+UNAUTH_BULK: Final = 16384
 
 
-def _canonical_prefix(data: bytes, out: list[tuple[list[bytes], bytes]], max_bulk: i64) -> i64:
+def _canonical_prefix(
+    data: bytes, out: list[tuple[list[bytes], bytes]], max_bulk: i64, max_count: i64
+) -> i64:
     """Parse the whole requests at the start of ``data`` that are in canonical form (``*N``
     then N ``$len`` bulks, decimal lengths without leading zeros, within the limits) into
     ``out``; return where the first request that is partial or not canonical starts (the
@@ -35,7 +41,7 @@ def _canonical_prefix(data: bytes, out: list[tuple[list[bytes], bytes]], max_bul
             return pos
         p = pos + 1
         count = length_at(data, p, n)
-        if count <= 0 or count > MAX_MULTIBULK:
+        if count <= 0 or count > max_count:
             return pos  # partial, malformed, *0, *-1, too many: the strict parser decides
         p += digits(count) + 2
         argv: list[bytes] = []
@@ -65,13 +71,22 @@ class RequestParser(Buffered):
     (``Protocol error: <error>`` is what the client sees) and the parser refuses further input.
     """
 
-    __slots__ = ("error", "max_bulk", "max_inline")
+    __slots__ = ("error", "limit_bulk", "max_bulk", "max_count", "max_inline", "unauthenticated")
 
     def __init__(self, max_bulk: int = 512 * 1024 * 1024, max_inline: int = 64 * 1024) -> None:
         super().__init__()
         self.error: str | None = None
-        self.max_bulk = max_bulk
+        self.limit_bulk = max_bulk  # the configured limit
+        self.max_bulk = max_bulk  # the limit now (smaller for a client not authenticated)
+        self.max_count = MAX_MULTIBULK
         self.max_inline = max_inline
+        self.unauthenticated = False
+
+    def require_auth(self, unauthenticated: bool) -> None:
+        """Apply (or lift) the limits for a client that has not authenticated."""
+        self.unauthenticated = unauthenticated
+        self.max_count = UNAUTH_MULTIBULK if unauthenticated else MAX_MULTIBULK
+        self.max_bulk = min(self.limit_bulk, UNAUTH_BULK) if unauthenticated else self.limit_bulk
 
     @property
     def buffered(self) -> int:
@@ -84,7 +99,7 @@ class RequestParser(Buffered):
         out: list[tuple[list[bytes], bytes]] = []
         if not self._buf and not self._need and data and data[0] == STAR:
             # the usual traffic: whole canonical requests, parsed on native ints when compiled
-            done = _canonical_prefix(data, out, self.max_bulk)
+            done = _canonical_prefix(data, out, self.max_bulk, self.max_count)
             if done == len(data):
                 return out
             data = data[done:]  # a partial or unusual request: the strict parser takes over
@@ -115,10 +130,16 @@ class RequestParser(Buffered):
                     self.error = "too big mbulk count string"
                 return pos
             head = buf[pos + 1 : nl]
+            if len(head) > 20:  # (more digits than any 64-bit count: never int() them)
+                self.error = "invalid multibulk length"
+                return pos
             if head.isdigit() and (head[0] != 48 or len(head) == 1):  # no leading zero, as Redis
                 count = int(head)
                 if count > MAX_MULTIBULK:
                     self.error = "invalid multibulk length"
+                    return pos
+                if count > self.max_count:
+                    self.error = "unauthenticated multibulk length"
                     return pos
             elif head[:1] == b"-" and head[1:].isdigit() and head[1] != 48:
                 pos = nl + 2  # "*-1": Redis ignores a null request
@@ -144,19 +165,20 @@ class RequestParser(Buffered):
                         self.error = "invalid bulk length"
                     return pos
                 head = buf[p + 1 : nl]
-                if not head.isdigit() or (head[0] == 48 and len(head) > 1):
+                if len(head) > 20 or not head.isdigit() or (head[0] == 48 and len(head) > 1):
                     self.error = "invalid bulk length"
                     return pos
                 length = int(head)
                 if length > max_bulk:
-                    self.error = "invalid bulk length"
+                    too_big = self.unauthenticated and length <= self.limit_bulk
+                    self.error = "unauthenticated bulk length" if too_big else "invalid bulk length"
                     return pos
                 start = nl + 2
                 end = start + length
                 if end + 2 > n:
-                    # Wait for the whole argument before parsing again; the rest of the
-                    # frame has at least one more byte per argument left.
-                    self._need = (end + 2 - pos) + (count - len(argv) - 1) * 4
+                    # Wait for the whole argument before parsing again (no more: a
+                    # malformed next item is one byte, and Redis answers it at once).
+                    self._need = end + 2 - pos
                     return pos
                 # Like Redis, the two bytes after the data are skipped, not checked (the
                 # backend reads the forwarded frame the same way).

@@ -19,7 +19,9 @@ from collections.abc import Callable
 from typing import Protocol
 
 from shardproxy import __version__, compiled_modules
+from shardproxy.commands import acl
 from shardproxy.commands import table as commands
+from shardproxy.commands.acl import User
 from shardproxy.commands.table import CommandSpec
 from shardproxy.protocol import encode, errors, replies
 from shardproxy.session.fanout import Fanout, Gather, LegSender
@@ -45,6 +47,18 @@ class BuiltinClient(LegSender, Protocol):
 
     def switch_protocol(self, proto: int) -> None:
         """HELLO: speak RESP ``proto`` from the next reply on."""
+        ...
+
+    @property
+    def user(self) -> User: ...
+
+    @property
+    def auth_configured(self) -> bool:
+        """Client authentication is configured (``auth``)."""
+        ...
+
+    def authenticate(self, name: bytes, password: bytes) -> bool:
+        """AUTH as ``name``: True (and the session is that user now) or False."""
         ...
 
     def reset_connection(self) -> None:
@@ -104,11 +118,16 @@ class Builtin:
 
     def auth(self, s: BuiltinClient, argv: list[bytes]) -> None:
         if len(argv) == 2:
-            s.reply_now(errors.reply("auth_nopass"))
+            if not s.auth_configured:
+                s.reply_now(errors.reply("auth_nopass"))
+                return
+            ok = s.authenticate(b"default", argv[1])
         elif len(argv) == 3:
-            s.reply_now(encode.OK if _authenticates(argv[1]) else errors.reply("wrongpass"))
+            ok = s.authenticate(argv[1], argv[2])
         else:
             s.reply_now(errors.reply("syntax"))
+            return
+        s.reply_now(encode.OK if ok else errors.reply("wrongpass"))
 
     def hello(self, s: BuiltinClient, argv: list[bytes]) -> None:
         proto = s.proto
@@ -124,18 +143,14 @@ class Builtin:
                 s.reply_now(errors.reply("noproto"))
                 return
             i = 2
+        credentials: tuple[bytes, bytes] | None = None
         while i < len(argv):
             opt = argv[i].lower()
             if opt == b"auth" and i + 2 < len(argv):
-                if not _authenticates(argv[i + 1]):
-                    s.reply_now(errors.reply("wrongpass"))
-                    return
+                credentials = (argv[i + 1], argv[i + 2])
                 i += 3
             elif opt == b"setname" and i + 1 < len(argv):
                 name = argv[i + 1]
-                if not _valid_name(name):
-                    s.reply_now(_bad_name())
-                    return
                 i += 2
             else:
                 s.reply_now(
@@ -144,6 +159,15 @@ class Builtin:
                     + b"'\r\n"
                 )
                 return
+        if credentials is not None and not s.authenticate(*credentials):
+            s.reply_now(errors.reply("wrongpass"))
+            return
+        if s.user.unauthenticated:
+            s.reply_now(errors.reply("hello_noauth"))
+            return
+        if name is not None and name != s.name and not _valid_name(name):
+            s.reply_now(_bad_name())
+            return
         s.switch_protocol(proto)
         s.name = name
         fields = [
@@ -161,6 +185,21 @@ class Builtin:
     def reset(self, s: BuiltinClient, argv: list[bytes]) -> None:
         s.reset_connection()
         s.reply_now(b"+RESET\r\n")
+
+    def acl_whoami(self, s: BuiltinClient, argv: list[bytes]) -> None:
+        s.reply_now(encode.bulk(s.user.name.encode()))
+
+    def acl_cat(self, s: BuiltinClient, argv: list[bytes]) -> None:
+        if len(argv) == 2:
+            s.reply_now(encode.array([encode.bulk(c.encode()) for c in acl.CATEGORIES]))
+            return
+        names = acl.category_commands(argv[2].decode("utf-8", "replace").lower())
+        if names is None:
+            s.reply_now(
+                b"-ERR Unknown category '" + argv[2][:128].replace(b"\r\n", b" ") + b"'\r\n"
+            )
+            return
+        s.reply_now(encode.array([encode.bulk(n.encode()) for n in names]))
 
     # -- CLIENT ----------------------------------------------------------------------------
 
@@ -320,13 +359,9 @@ HANDLERS: dict[str, Handler] = {
     "command|docs": Builtin.command_docs,
     "command|getkeys": Builtin.command_getkeys,
     "info": Builtin.info,
+    "acl|whoami": Builtin.acl_whoami,
+    "acl|cat": Builtin.acl_cat,
 }
-
-
-def _authenticates(user: bytes) -> bool:
-    """Whether AUTH <user> <password> succeeds with no client authentication configured:
-    only for ``default``, whose password is not checked (Redis's ``nopass``)."""
-    return user == b"default"
 
 
 def _valid_name(name: bytes) -> bool:

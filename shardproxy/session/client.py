@@ -35,6 +35,7 @@ from typing import Final, cast
 
 from shardproxy.backend.node import Node
 from shardproxy.backend.slots import Recipient, ReplySlot
+from shardproxy.commands.acl import User, Users
 from shardproxy.commands.table import (
     KIND_ALL,
     KIND_ANY,
@@ -90,6 +91,7 @@ class ClientSession(Recipient):
 
     __slots__ = (
         "_pushes",
+        "checked",
         "closing",
         "counters",
         "held",
@@ -107,7 +109,9 @@ class ClientSession(Recipient):
         "request_time",
         "stats",
         "subs",
+        "table",
         "transport",
+        "user",
         "write_paused",
         "writes",
         "wrote",
@@ -125,6 +129,13 @@ class ClientSession(Recipient):
         self.info: dict[bytes, bytes] = {}  # CLIENT SETINFO lib-name / lib-ver
         limits = host.limits
         self.parser = requests.RequestParser(limits.max_request_bytes, limits.max_inline_bytes)
+        # who the client is (commands/acl.py): its command table, and whether requests are
+        # checked at all (not for a user allowed everything: the fast path stays as it is)
+        self.user = host.users.initial
+        self.table = host.users.table(self.user)
+        self.checked = not self.user.unrestricted
+        if self.user.unauthenticated:
+            self.parser.require_auth(True)
         self.queue: Fifo[QueuedReply] = Fifo()  # outstanding replies, in request order
         self.transport: asyncio.Transport | None = None
         self.mode: ClientMode | None = None  # None: normal mode (modes.py)
@@ -145,6 +156,7 @@ class ClientSession(Recipient):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         transport = cast(asyncio.Transport, transport)
         self.transport = transport
+        self.request_time = clock()  # (idle since)
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer or "unix")
         if not self.host.client_connected(self):
@@ -308,6 +320,55 @@ class ClientSession(Recipient):
             return mode.shard
         return None
 
+    def authenticate(self, name: bytes, password: bytes) -> bool:
+        """AUTH / HELLO AUTH: become user ``name`` if ``password`` is one of its passwords.
+        A failure is counted and logged, without the password."""
+        user = self.host.users.check(name, password)
+        if user is None:
+            self.stats.auth_failures += 1
+            log.warning(
+                "AUTH failed for user %r from %s", name[:64].decode("utf-8", "replace"), self.peer
+            )
+            return False
+        self.set_user(user)
+        return True
+
+    @property
+    def auth_configured(self) -> bool:
+        return self.host.users.required
+
+    def users_changed(self, users: Users) -> bool:
+        """A reload compiled the users again: act as this user's new self (False: it is gone
+        or off, and the client must go)."""
+        if self.user.unauthenticated:
+            self.set_user(users.initial)
+            return True
+        new = users.by_name.get(self.user.name)
+        if new is None or not new.enabled:
+            log.warning(
+                "client %s disconnected: its user %r was removed", self.peer, self.user.name
+            )
+            return False
+        self.set_user(new)
+        return True
+
+    def idle_since(self) -> float:
+        if self.queue or self.mode is not None or (self.subs is not None and self.subs.total()):
+            return -1.0
+        return self.request_time
+
+    def close_idle(self) -> None:
+        log.info("client %s closed: idle (limits.client_idle_timeout_s)", self.peer)
+        if self.transport is not None:
+            self.transport.close()
+
+    def set_user(self, user: User) -> None:
+        """Act as ``user`` from the next request on (AUTH, or a reload that changed it)."""
+        self.user = user
+        self.table = self.host.users.table(user)
+        self.checked = not user.unrestricted
+        self.parser.require_auth(user.unauthenticated)
+
     def switch_protocol(self, proto: int) -> None:
         """HELLO 2 or 3: a client with subscriptions enters or leaves subscribed mode, which
         RESP2 clients only have."""
@@ -336,7 +397,7 @@ class ClientSession(Recipient):
         stats.commands += len(reqs)
         stats.bytes_in += len(data)
         now = self.request_time = clock()
-        table = host.table
+        table = self.table
         queue = self.queue
         proto = self.proto
         cid = self.id
@@ -393,11 +454,19 @@ class ClientSession(Recipient):
 
     def dispatch(self, spec: CommandSpec | None, argv: list[bytes], frame: bytes) -> None:
         """Every request that is not the single-key fast path."""
+        if self.checked and spec is not None:
+            refusal = self.user.refusal(spec, argv)  # NOAUTH, NOPERM (commands/acl.py)
+            if refusal is not None:
+                if self.mode is not None:
+                    self.mode.refuse(self, refusal)  # (a transaction then aborts at EXEC)
+                else:
+                    self.reply_now(refusal)
+                return
         mode = self.mode
         if mode is not None and mode.handle(self, spec, argv, frame):
             return
         if spec is None:
-            name = argv[0].decode("utf-8", "replace")
+            name = errors.command_name(argv[0])
             self.reply_now(
                 errors.reply("unknown_command", name=name, args=errors.quote_args(argv[1:]))
             )
@@ -636,10 +705,27 @@ class ClientSession(Recipient):
             t = self.transport
             if t is not None:
                 t.write(data)
+                if self.write_paused:
+                    self._check_unread(t)
             if self.reading_paused:
                 self._maybe_resume_reading()
         if self.closing and not q and self.transport is not None:
             self.transport.close()
+
+    def _check_unread(self, t: asyncio.Transport) -> None:
+        """A client that does not read: once more than limits.max_unread_bytes wait for it,
+        it is disconnected (reading it has been paused since the buffer filled)."""
+        limit = self.host.limits.max_unread_bytes
+        size = t.get_write_buffer_size()
+        if limit and size > limit:
+            self.stats.client_disconnects["unread"] += 1
+            log.warning(
+                "client %s disconnected: %d bytes of replies unread (limits.max_unread_bytes)",
+                self.peer,
+                size,
+            )
+            self.closing = True
+            t.abort()
 
     def abort(self) -> None:
         """Drop the connection now (shutdown, after the drain timeout)."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from shardproxy.backend.node import Node
+from shardproxy.commands.acl import Users
 from shardproxy.commands.table import CommandSpec
 from shardproxy.observe.metrics import CommandCounters, Stats
 from shardproxy.routing.router import Router
@@ -34,6 +35,9 @@ class Limits(Protocol):
     @property
     def max_inline_bytes(self) -> int: ...
 
+    @property
+    def max_unread_bytes(self) -> int: ...
+
 
 class SessionHost(Protocol):
     """The proxy, as one client session sees it."""
@@ -54,6 +58,7 @@ class SessionHost(Protocol):
     builtin: Builtin
     scripts: Scripts
     pubsub: PubSubCommands
+    users: Users  # client users (auth); their command tables
 
     def next_client_id(self) -> int: ...
 

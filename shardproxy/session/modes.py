@@ -246,6 +246,11 @@ class ClientMode:
         """Answer one request (True), or leave it to normal dispatch (False)."""
         raise NotImplementedError
 
+    def refuse(self, client: ModeClient, reply: bytes) -> None:
+        """A request refused before the mode saw it (NOPERM): answered; a transaction also
+        remembers it, so that EXEC aborts."""
+        client.reply_now(reply)
+
     def take_pin(self) -> Pin | None:
         """Hand the leased connection this mode holds to the next mode: this mode forgets it,
         so :meth:`close` no longer gives it back. None if it holds none."""

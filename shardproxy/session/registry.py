@@ -6,6 +6,7 @@ import itertools
 from collections.abc import Sized
 from typing import Protocol
 
+from shardproxy.commands.acl import Users
 from shardproxy.observe.metrics import Stats
 
 
@@ -24,6 +25,17 @@ class Client(Protocol):
     def router_changed(self) -> None: ...
 
     def blocked_shard(self) -> str | None: ...
+
+    def users_changed(self, users: Users) -> bool:
+        """A reload compiled the users again: False if this client's user is gone or off."""
+        ...
+
+    def idle_since(self) -> float:
+        """clock() of its last request; -1 while it may stay idle (subscribed, blocked, owed
+        replies)."""
+        ...
+
+    def close_idle(self) -> None: ...
 
 
 class ClientRegistry:
@@ -70,6 +82,26 @@ class ClientRegistry:
         """A new router was published: clients whose mode follows keys (blocked) look again."""
         for session in list(self.clients):
             session.router_changed()
+
+    def users_changed(self, users: Users) -> None:
+        """A reload changed the users: each client acts as its user's new rules; one whose
+        user was removed or turned off is disconnected (as Redis does with ACL DELUSER)."""
+        for session in list(self.clients):
+            if not session.users_changed(users):
+                self.stats.client_disconnects["user_removed"] += 1
+                session.abort()
+
+    def close_idle(self, now: float, timeout: float) -> int:
+        """Close the clients idle for more than ``timeout`` seconds (limits.client_idle_
+        timeout_s); subscribed and blocked clients, and those owed replies, stay."""
+        closed = 0
+        for session in list(self.clients):
+            since = session.idle_since()
+            if since >= 0 and now - since > timeout:
+                session.close_idle()
+                closed += 1
+        self.stats.client_disconnects["idle"] += closed
+        return closed
 
     def blocked(self) -> dict[str, int]:
         """Blocked clients per shard."""

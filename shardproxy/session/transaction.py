@@ -78,7 +78,7 @@ class TransactionMode(ClientMode):
         self, client: ModeClient, spec: CommandSpec | None, argv: list[bytes], frame: bytes
     ) -> bool:
         if spec is None:
-            name = argv[0].decode("utf-8", "replace")
+            name = errors.command_name(argv[0])
             self.refuse(
                 client,
                 errors.reply("unknown_command", name=name, args=errors.quote_args(argv[1:])),
