@@ -18,7 +18,8 @@ if [ "$#" -eq 0 ]; then
   SHARDPROXY_PURE=1 "$VENV/bin/python" -m pytest -q tests/test_build.py tests/test_fifo.py tests/test_resp.py \
     tests/test_hashing.py tests/test_ring.py tests/test_commands.py tests/test_proxy.py \
     tests/test_session_sansio.py tests/test_backend_sansio.py tests/test_modes.py \
-    tests/test_transaction_sansio.py tests/test_blocked_sansio.py tests/test_pubsub_sansio.py
+    tests/test_transaction_sansio.py tests/test_blocked_sansio.py tests/test_pubsub_sansio.py \
+    tests/test_cache_sansio.py
 fi
 # Then the integration suites that talk to the servers once more against Valkey 8
 # (valkey-server, valkey-sentinel; setup.sh installs them, from bookworm-backports on Debian 12).

@@ -32,12 +32,14 @@ from shardproxy.backend.node import Node
 from shardproxy.backend.slots import PushConsumer, Recipient, ReplySlot
 from shardproxy.commands.acl import compile_users
 from shardproxy.commands.table import SPEC_COUNT, CommandSpec, denied_sub, lookup_table
+from shardproxy.observe.hotkeys import HotKeys
 from shardproxy.observe.metrics import CommandCounters, Stats
 from shardproxy.protocol import encode
 from shardproxy.protocol.requests import RequestParser
 from shardproxy.routing.ring import Ring
 from shardproxy.routing.router import Router, ShardNodes
 from shardproxy.session.builtin import Builtin
+from shardproxy.session.cache import NearCache
 from shardproxy.session.client import ClientSession
 from shardproxy.session.fanout import Fanout
 from shardproxy.session.pubsub import PubSub
@@ -396,6 +398,8 @@ class FakeHost:
         self.settings = settings or BackendSettings()
         self.table: dict[bytes, CommandSpec] = lookup_table()
         self.users = compile_users(auth_password, users, self.table)
+        self.hotkeys = HotKeys()
+        self.cache: NearCache | None = None
         self.stats = Stats()
         self.command_counters: CommandCounters | None = CommandCounters(SPEC_COUNT + 1)
         self.read_your_writes = float(read_your_writes)

@@ -194,3 +194,27 @@ def test_tls_benchmark_measures_every_configuration_and_the_ratios() -> None:
         assert figures["ratios"][name] == pytest.approx(expected), name
         assert name in done.stdout  # and printed in the table
     assert figures["get_misses"] == 0  # every GET hit a pre-written key
+
+
+def test_cache_benchmark_measures_every_target_and_reads_nothing_stale() -> None:
+    assert shutil.which("gcc"), "gcc is needed (bench.cache compiles bench/loadgen.c)"
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.cache", "--quick", "--json"],
+        cwd=REPO,
+        env=dict(os.environ, PYTHONPATH=str(REPO)),
+        capture_output=True,
+        text=True,
+        timeout=150,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:] + done.stdout[-3000:]
+    figures = json.loads(done.stdout.strip().splitlines()[-1])
+    for target in ("direct", "nutcracker", "cache_off", "cache_on"):
+        median = figures["medians"][target]
+        assert median["requests_per_s"] > 0, (target, figures["runs"][target])
+        assert median["runs_ok"] == median["runs"] > 0, (target, figures["runs"][target])
+    assert figures["cache"]["hit_ratio"] > 0.5, figures["cache"]
+    coherence = figures["coherence"]
+    assert coherence["reads"] > 0 and coherence["writes"] > 0, coherence
+    assert coherence["stale_reads"] == 0 and coherence["invalid_reads"] == 0, coherence
+    assert "cache on / nutcracker" in done.stdout and "stale" in done.stdout

@@ -518,6 +518,10 @@ def test_reference_markdown_lists_every_key() -> None:
         "pubsub.output_hard_limit",
         "pubsub.output_soft_limit",
         "pubsub.output_soft_seconds",
+        "cache.enabled",
+        "cache.keys",
+        "cache.max_memory",
+        "cache.max_age_ms",
         "deny_commands",
     ]
     assert "| `timeouts.command_ms` | positive integer | `1000` |" in text

@@ -51,6 +51,7 @@ DASHBOARD_METRICS = (
     "shardproxy_client_connections",
     "shardproxy_client_received_bytes_total",
     "shardproxy_client_sent_bytes_total",
+    "shardproxy_hotkeys_top_share",
 )
 
 #: Queries the dashboard must contain (whitespace-insensitive regexes over its expressions).

@@ -32,6 +32,8 @@ class Proxy(Source, Protocol):
 
     def topology_json(self) -> dict[str, object]: ...
 
+    def hotkeys_json(self) -> dict[str, object]: ...
+
 
 class ProxyAdmin:
     """The admin endpoints of one proxy process; ``reload`` reloads its topology file (None:
@@ -60,6 +62,9 @@ class ProxyAdmin:
 
     async def topology(self) -> Response:
         return json_response(200, self.ctx.topology_json())
+
+    async def hotkeys(self) -> Response:
+        return json_response(200, self.ctx.hotkeys_json())
 
     async def reload(self) -> Response:
         if self.reload_hook is None:

@@ -58,6 +58,8 @@ class AdminEndpoints(Protocol):
 
     async def topology(self) -> Response: ...
 
+    async def hotkeys(self) -> Response: ...
+
     async def reload(self) -> Response: ...
 
 
@@ -68,6 +70,7 @@ def admin_routes(endpoints: AdminEndpoints) -> Routes:
         ("GET", "/healthz"): healthz,
         ("GET", "/readyz"): endpoints.readyz,
         ("GET", "/topology"): endpoints.topology,
+        ("GET", "/hotkeys"): endpoints.hotkeys,
         ("POST", "/reload"): endpoints.reload,
     }
 

@@ -25,8 +25,10 @@ from shardproxy.control.fleet import Fleet
 from shardproxy.control.health import Failover, NoFailover
 from shardproxy.control.sentinel import SentinelFailover
 from shardproxy.observe import metrics
+from shardproxy.observe.hotkeys import HotKeys
 from shardproxy.routing.router import Router
 from shardproxy.session.builtin import Builtin
+from shardproxy.session.cache import NearCache
 from shardproxy.session.fanout import Fanout
 from shardproxy.session.pubsub import PubSub
 from shardproxy.session.registry import Client, ClientRegistry
@@ -59,6 +61,7 @@ class Proxy:
         self.worker = worker  # index under the supervisor (0 when there is one process)
         self.config = config
         self.stats = metrics.Stats()
+        self.hotkeys = HotKeys()
         counters = metrics.CommandCounters(commands.SPEC_COUNT + 1)
         self.command_counters: metrics.CommandCounters | None = (
             counters if config.metrics.commands else None
@@ -74,6 +77,12 @@ class Proxy:
             ps.output_soft_seconds,
         )
         self.pubsub = PubSubCommands(self.hub)
+        c = config.cache
+        self.cache: NearCache | None = (
+            NearCache(tuple(k.encode() for k in c.keys), c.max_memory, c.max_age_ms / 1000)
+            if c.enabled
+            else None
+        )
         self.router: Router[Node]  # set by the fleet, now and at every swap
         self.fleet = Fleet(
             config,
@@ -85,7 +94,7 @@ class Proxy:
         )
         self.health = self.fleet.health
         self.server_tls = security.server_context(config)  # tls: the client listeners'
-        self.fleet.on_switch = self.hub.reconcile  # subscriptions follow a promotion at once
+        self.fleet.on_switch = self._primary_switched
         self.registry = ClientRegistry(self.stats, config.limits.max_clients)
         self.fanout = Fanout()
         self.scripts = Scripts(self.fanout, config.scripts.cache_bytes)
@@ -97,6 +106,8 @@ class Proxy:
             time.time(),
             self.scripts.registry,
             self.hub,
+            self.hotkeys,
+            self.cache,
         )
         self.builtin = Builtin(self.fanout, self.telemetry)
 
@@ -109,9 +120,17 @@ class Proxy:
         self.read_your_writes = config.read_your_writes_ms / 1000
         self.per_shard_transactions = config.transactions.cross_shard == "per-shard"
 
+    def _primary_switched(self) -> None:
+        """A failover switched a shard's primary in place."""
+        self.hub.reconcile()  # subscriptions follow it at once
+        if self.cache is not None:
+            self.cache.primary_switched()
+
     def _set_router(self, router: Router[Node]) -> None:
         self.router = router
         self.hub.router_changed(router)  # subscriptions follow the shards
+        if self.cache is not None:
+            self.cache.router_changed(router)
         registry = getattr(self, "registry", None)  # (the fleet publishes its first router
         if registry is not None:  # before the registry exists)
             registry.router_changed()
@@ -150,6 +169,9 @@ class Proxy:
     def topology_json(self) -> dict[str, object]:
         return self.telemetry.topology_json()
 
+    def hotkeys_json(self) -> dict[str, object]:
+        return self.telemetry.hotkeys_json()
+
     def metric_samples(self) -> dict[str, list[metrics.Sample] | list[metrics.HistogramSample]]:
         return self.telemetry.metric_samples()
 
@@ -172,4 +194,6 @@ class Proxy:
 
     def close(self) -> None:
         self.hub.close()
+        if self.cache is not None:
+            self.cache.close()
         self.fleet.close()

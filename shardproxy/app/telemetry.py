@@ -16,7 +16,9 @@ from shardproxy.backend.node import Node
 from shardproxy.commands import table as commands
 from shardproxy.control.fleet import Fleet
 from shardproxy.observe import metrics
+from shardproxy.observe.hotkeys import HotKeys
 from shardproxy.session.builtin import process_info
+from shardproxy.session.cache import NearCache
 from shardproxy.session.pubsub import CHANNEL, PATTERN, SHARD, PubSub
 from shardproxy.session.registry import ClientRegistry
 from shardproxy.session.scripts import ScriptRegistry
@@ -40,8 +42,12 @@ class Telemetry:
         start_time: float,
         scripts: ScriptRegistry,
         pubsub: PubSub,
+        hotkeys: HotKeys,
+        cache: NearCache | None,
     ) -> None:
         self.fleet = fleet
+        self.cache = cache
+        self.hotkeys = hotkeys
         self.pubsub = pubsub
         self.scripts = scripts
         self.registry = registry
@@ -118,7 +124,15 @@ class Telemetry:
                     ("scripts_cached", len(self.scripts)),
                 ],
             ),
+            ("Cache", self._cache_info()),
             ("Shards", shards),
+            (
+                "Hotkeys",
+                [
+                    (f"hotkey_{i}", f"key={_key_text(k)},shard={shard},count={n}")
+                    for i, (k, shard, n) in enumerate(self.hotkeys.top(10))
+                ],
+            ),
             (
                 "Keyspace",
                 [
@@ -127,6 +141,47 @@ class Telemetry:
                 ],
             ),
         ]
+
+    def _cache_samples(self) -> dict[str, list[metrics.Sample]]:
+        S = metrics.Sample
+        c = self.cache
+        hits, misses = (c.hits, c.misses) if c is not None else (0, 0)
+        return {
+            "shardproxy_cache_requests_total": [S(("hit",), hits), S(("miss",), misses)],
+            "shardproxy_cache_entries": [S((), len(c.entries) if c is not None else 0)],
+            "shardproxy_cache_bytes": [S((), c.used if c is not None else 0)],
+            "shardproxy_cache_invalidations_total": [
+                S((), c.invalidations if c is not None else 0)
+            ],
+            "shardproxy_cache_evictions_total": [S((), c.evictions if c is not None else 0)],
+        }
+
+    def _cache_info(self) -> list[tuple[str, object]]:
+        c = self.cache
+        if c is None:
+            return [("cache_enabled", 0)]
+        asked = c.hits + c.misses
+        return [
+            ("cache_enabled", 1),
+            ("cache_entries", len(c.entries)),
+            ("cache_bytes", c.used),
+            ("cache_max_memory", c.max_memory),
+            ("cache_hits", c.hits),
+            ("cache_misses", c.misses),
+            ("cache_hit_ratio", round(c.hits / asked, 4) if asked else 0),
+            ("cache_invalidations", c.invalidations),
+            ("cache_evictions", c.evictions),
+            ("cache_tracked_nodes", sum(1 for x in c.conns.values() if x.client_id)),
+        ]
+
+    def hotkeys_json(self) -> dict[str, object]:
+        """/hotkeys: the hottest keys, estimated requests, hottest first."""
+        return {
+            "keys": [
+                {"key": _key_text(k), "shard": shard, "count": n}
+                for k, shard, n in self.hotkeys.top(20)
+            ]
+        }
 
     def topology_json(self) -> dict[str, object]:
         """/topology: the ring and every node's role and state."""
@@ -196,6 +251,10 @@ class Telemetry:
             ],
             "shardproxy_pubsub_clients": [S((), len(self.pubsub.subscribed))],
             "shardproxy_auth_failures_total": [S((), st.auth_failures)],
+            **self._cache_samples(),
+            "shardproxy_hotkeys_top_share": [
+                S((shard,), round(v, 6)) for shard, v in sorted(self.hotkeys.top_share().items())
+            ],
             "shardproxy_client_disconnects_total": [
                 S((k,), v) for k, v in st.client_disconnects.items()
             ],
@@ -263,3 +322,8 @@ class Telemetry:
             ]
         )
         return out
+
+
+def _key_text(key: bytes) -> str:
+    """A key for JSON and INFO: UTF-8 where it is, backslash escapes elsewhere."""
+    return key.decode("utf-8", "backslashreplace")

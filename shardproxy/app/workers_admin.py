@@ -136,6 +136,19 @@ class SupervisorAdmin:
                                "workers": workers})  # fmt: skip
         return json_response(200, {"ready": True, "workers": workers})
 
+    async def hotkeys(self) -> Response:
+        """Every worker's hottest keys, counts of the same key added."""
+        merged: dict[tuple[str, str], int] = {}
+        for _, _, answer in await self.pool.ask_all("GET", "/hotkeys"):
+            if isinstance(answer, tuple) and answer[0] == 200:
+                for row in json.loads(answer[1]).get("keys", []):
+                    k = (row["key"], row["shard"])
+                    merged[k] = merged.get(k, 0) + int(row["count"])
+        rows = sorted(merged.items(), key=lambda kv: (-kv[1], kv[0]))[:20]
+        return json_response(
+            200, {"keys": [{"key": k, "shard": s, "count": c} for (k, s), c in rows]}
+        )
+
     async def topology(self) -> Response:
         for worker, pid in enumerate(self.pool.pids()):
             if pid is None:

@@ -97,6 +97,7 @@ class NodeBase:
         "settings",
         "shard",
         "subscribers",
+        "tracking_id",
         "unix",
         "usable",
     )
@@ -131,6 +132,8 @@ class NodeBase:
         self.pushes: PushConsumer | None = None
         self.pushes_dropped = 0
         self.subscribers: list[Connection] = []  # the proxy's pub/sub connections to it
+        # the near-cache's invalidation connection's client id (0: reads are not tracked)
+        self.tracking_id = 0
 
     def configure(self, settings: BackendSettings) -> None:
         """A reload's settings (and TLS context: certificates read again) for the next

@@ -48,6 +48,14 @@ class Node(NodeBase):
                 c.start()
         return conns[client_id % len(conns)]
 
+    def track(self, client_id: int) -> None:
+        """The near-cache's invalidation connection to this node is client ``client_id``
+        (0: none): every pipeline's reads are tracked for it from now on."""
+        self.tracking_id = client_id
+        if client_id:
+            for c in self.connections():
+                c.track(client_id)
+
     def lease_limit_error(self) -> bytes:
         """What a command that needs a lease answers when this node has none free."""
         return errors.reply(

@@ -24,13 +24,46 @@ pipeline cannot be resynchronised).
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import deque
 from time import perf_counter as clock
 from typing import Any
 
 from shardproxy.backend.connection import CLOSED, CONNECTING, DOWN, READY, Connection, NodeBase
 from shardproxy.backend.slots import Recipient, ReplySlot
-from shardproxy.protocol import errors, push
+from shardproxy.protocol import encode, errors, push
+
+log = logging.getLogger("shardproxy.backend")
+
+
+def _tracking(client_id: int) -> bytes:
+    return encode.encode_command(
+        [b"CLIENT", b"TRACKING", b"on", b"REDIRECT", b"%d" % client_id, b"OPTIN"]
+    )
+
+
+class TrackingSlot(ReplySlot):
+    """The answer to a pipeline's CLIENT TRACKING: OK turns its reads trackable."""
+
+    __slots__ = ("client_id", "pipeline")
+
+    def __init__(self, pipeline: Pipeline, client_id: int) -> None:
+        self.pipeline = pipeline
+        self.client_id = client_id
+
+    def complete(self, reply: bytes) -> Recipient | None:
+        if reply.startswith(b"+OK"):
+            self.pipeline.tracked_id = self.client_id
+        else:
+            log.warning(
+                "node %s refused CLIENT TRACKING: %r; the near-cache fills nothing from it",
+                self.pipeline.node.address,
+                reply[:200],
+            )
+        return None
+
+    def fail(self, reply: bytes) -> Recipient | None:
+        return None
 
 
 class Pipeline(Connection):
@@ -42,6 +75,7 @@ class Pipeline(Connection):
         "_timer",
         "batches",
         "head_since",
+        "tracked_id",
     )
 
     def __init__(self, node: NodeBase, proto: int) -> None:
@@ -52,6 +86,22 @@ class Pipeline(Connection):
         self.head_since = 0.0  # loop time since which pending.head() has been the oldest request
         self._backoff = node.settings.backoff_min
         self._reconnect_handle: asyncio.TimerHandle | None = None
+        # the invalidation client its reads are tracked for (CLIENT TRACKING ... REDIRECT),
+        # once the node said OK; 0: none (the near-cache fills nothing through it)
+        self.tracked_id = 0
+
+    # -- near-cache tracking ---------------------------------------------------------------
+
+    def track(self, client_id: int) -> None:
+        """Reads sent after ``CLIENT CACHING yes`` from now on are tracked, their keys'
+        changes told to client ``client_id`` (the node's invalidation connection)."""
+        self.tracked_id = 0
+        if self.state is READY or self.state is CONNECTING:
+            self.send(_tracking(client_id), TrackingSlot(self, client_id))
+
+    def tracks(self) -> bool:
+        """Whether a read sent now is tracked for the node's current invalidation client."""
+        return self.tracked_id != 0 and self.tracked_id == self.node.tracking_id
 
     # -- sending ---------------------------------------------------------------------------
 
@@ -79,6 +129,16 @@ class Pipeline(Connection):
     def _on_ready(self) -> None:
         self._backoff = self.node.settings.backoff_min
         self.node.connection_up()
+        self.tracked_id = 0
+        tid = self.node.tracking_id
+        if tid:  # a new connection: tracking first, before whatever waited for READY
+            slot = TrackingSlot(self, tid)
+            head = self.pending.head() if self.pending else None
+            if head is not None:
+                self.pending.insert_before(head, slot)
+            else:
+                self.pending.append(slot)
+            self.wbuf.insert(0, _tracking(tid))
         super()._on_ready()
 
     # -- receiving -------------------------------------------------------------------------
@@ -149,6 +209,7 @@ class Pipeline(Connection):
             self._arm_timer()
 
     def _reset_state(self) -> None:
+        self.tracked_id = 0  # a new connection is tracked again once it says OK
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None

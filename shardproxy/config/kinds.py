@@ -168,6 +168,11 @@ def _passwords(value: object) -> tuple[str, ...]:
     return _list(value, one, "passwords")
 
 
+def _globs(value: object) -> tuple[str, ...]:
+    return _list(value, _string, "glob patterns")
+
+
+GLOBS = _Kind("list of glob patterns", _globs, lambda v: "[" + ", ".join(f'"{p}"' for p in v) + "]")
 ACL_RULES = _Kind("Redis ACL rules", _string, lambda v: f'"{v}"')
 CLIENT_CERTS = _choice("client certificate mode", ("none", "optional", "required"))
 

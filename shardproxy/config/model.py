@@ -25,6 +25,7 @@ from shardproxy.config.kinds import (
     CROSS_SHARD,
     DISTRIBUTION,
     FAILOVER_MODE,
+    GLOBS,
     HASH_FUNCTION,
     LAG,
     LISTENERS,
@@ -460,6 +461,29 @@ class PubSubConfig:
 
 
 @dataclass(frozen=True)
+class CacheConfig:
+    """The near-cache: GET of the hottest keys answered from the proxy's memory, kept
+    coherent by Redis's client tracking (README: Near-cache)."""
+
+    enabled: bool = field(default=False, metadata=_key(BOOL, "turn the near-cache on"))
+    keys: tuple[str, ...] = field(
+        default=("*",),
+        metadata=_key(GLOBS, "glob patterns (Redis syntax) of the keys that may be cached"),
+    )
+    max_memory: int = field(
+        default=64 * 1024**2,
+        metadata=_key(SIZE, "bytes of keys, values and bookkeeping the cache may hold"),
+    )
+    max_age_ms: int = field(
+        default=60000,
+        metadata=_key(
+            POSITIVE_INT,
+            "longest an entry is served (a backstop; a key's own TTL is honoured as well)",
+        ),
+    )
+
+
+@dataclass(frozen=True)
 class MetricsConfig:
     """What the proxy counts for /metrics and INFO."""
 
@@ -562,6 +586,7 @@ class Config:
         default_factory=ScriptsConfig, metadata={"section": ScriptsConfig}
     )
     pubsub: PubSubConfig = field(default_factory=PubSubConfig, metadata={"section": PubSubConfig})
+    cache: CacheConfig = field(default_factory=CacheConfig, metadata={"section": CacheConfig})
     deny_commands: frozenset[str] = field(
         default=frozenset(),
         metadata=_key(COMMAND_NAMES, "commands refused with an error (any case)"),

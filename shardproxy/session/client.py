@@ -34,7 +34,7 @@ from time import perf_counter as clock
 from typing import Final, cast
 
 from shardproxy.backend.node import Node
-from shardproxy.backend.slots import Recipient, ReplySlot
+from shardproxy.backend.slots import IGNORE, Recipient, ReplySlot
 from shardproxy.commands.acl import User, Users
 from shardproxy.commands.table import (
     KIND_ALL,
@@ -58,6 +58,7 @@ from shardproxy.protocol.fifo import Fifo
 from shardproxy.routing.router import Router, ShardNodes
 from shardproxy.session import blocked, subscribed, wait
 from shardproxy.session.blocked import BlockedMode
+from shardproxy.session.cache import CACHING_YES
 from shardproxy.session.host import SessionHost
 from shardproxy.session.modes import (
     BLOCKED,
@@ -407,6 +408,9 @@ class ClientSession(Recipient):
         direct = router.direct
         normal = self.mode is None
         wrote = 0
+        hot = host.hotkeys
+        countdown = hot.countdown  # one single-key request in hot.sample is counted
+        cache = host.cache  # None unless cache.enabled
         for argv, frame in reqs:
             spec = table.get(argv[0])
             if spec is None:
@@ -416,16 +420,28 @@ class ClientSession(Recipient):
                 n = len(argv)
                 arity = spec.arity
                 if n == arity or (arity < 0 and n >= -arity):
+                    i = ring.shard_index(argv[1])
+                    countdown -= 1
+                    if countdown == 0:
+                        countdown = hot.sample
+                        hot.record(shards[i].name, argv[1])
+                    if cache is not None:
+                        key = argv[1]
+                        if spec.write:
+                            cache.drop(key)  # before the write is sent (read-your-writes)
+                        elif spec.name == "get" and cache.cacheable(key):
+                            self.request_cmd = spec.index
+                            self.cached_get(i, key, frame)
+                            continue
                     if direct:
                         slot = QueuedReply(self, spec.index, now)
                         queue.append(slot)
-                        i = ring.shard_index(argv[1])
                         if spec.write:
                             wrote |= 1 << i
                         shards[i].primary.connection(proto, cid).send(frame, slot)
                     else:
                         self.request_cmd = spec.index
-                        self.send_to_shard(ring.shard_index(argv[1]), spec.write, frame, (argv[1],))
+                        self.send_to_shard(i, spec.write, frame, (argv[1],))
                     continue
             self.request_cmd = UNKNOWN if spec is None else spec.index
             try:
@@ -437,6 +453,7 @@ class ClientSession(Recipient):
                 break
             proto = self.proto  # HELLO may have switched it
             normal = self.mode is None  # MULTI, EXEC ... may have switched the mode
+        hot.countdown = countdown
         if wrote:
             self.wrote |= wrote
         if parser.error is not None and not self.closing:
@@ -462,6 +479,9 @@ class ClientSession(Recipient):
                 else:
                     self.reply_now(refusal)
                 return
+        if spec is not None and spec.write and spec.has_keys and self.host.cache is not None:
+            for i in get_keys(spec, argv):  # cached values of keys about to change go first
+                self.host.cache.drop(argv[i])
         mode = self.mode
         if mode is not None and mode.handle(self, spec, argv, frame):
             return
@@ -564,6 +584,30 @@ class ClientSession(Recipient):
                 self.send_to_shard(i, spec.write, frame)
                 return
         self.send_to_shard(0, spec.write, frame)
+
+    def cached_get(self, shard: int, key: bytes, frame: bytes) -> None:
+        """GET of a cacheable key (session/cache.py): from the cache, or sent with CLIENT
+        CACHING yes and followed by PTTL so that the reply can be kept."""
+        cache = self.host.cache
+        assert cache is not None
+        hit = cache.lookup(key, self.request_time)
+        if hit is not None:
+            self.reply_now(hit)
+            return
+        s, node = self.pick(shard, False)
+        if node is None or self.host.router.migration is not None or not node.tracking_id:
+            self.send_to_shard(shard, False, frame, (key,))
+            return
+        pipe = node.connection(self.proto, self.id)
+        if not pipe.tracks():
+            self.send_to_shard(shard, False, frame, (key,))
+            return
+        reply, ttl = cache.fill(key, s.name, self.new_slot())
+        if node is not s.primary:
+            reply = ReplicaRetry(reply, frame, s.primary, self)
+        pipe.send(CACHING_YES, IGNORE)
+        pipe.send(frame, reply)
+        pipe.send(encode.encode_command([b"PTTL", key]), ttl)
 
     def send_to_shard(
         self, shard: int, write: bool, frame: bytes, keys: Sequence[bytes] = ()
@@ -725,6 +769,7 @@ class ClientSession(Recipient):
                 size,
             )
             self.closing = True
+            self.transport = None  # nothing more is written or counted for it
             t.abort()
 
     def abort(self) -> None:

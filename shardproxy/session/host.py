@@ -14,9 +14,11 @@ from typing import Protocol
 from shardproxy.backend.node import Node
 from shardproxy.commands.acl import Users
 from shardproxy.commands.table import CommandSpec
+from shardproxy.observe.hotkeys import HotKeys
 from shardproxy.observe.metrics import CommandCounters, Stats
 from shardproxy.routing.router import Router
 from shardproxy.session.builtin import Builtin
+from shardproxy.session.cache import NearCache
 from shardproxy.session.fanout import Fanout
 from shardproxy.session.registry import Client
 from shardproxy.session.scripts import Scripts
@@ -59,6 +61,8 @@ class SessionHost(Protocol):
     scripts: Scripts
     pubsub: PubSubCommands
     users: Users  # client users (auth); their command tables
+    hotkeys: HotKeys  # the sampled sketch of each shard's hottest keys
+    cache: NearCache | None  # the near-cache (cache.enabled), else None
 
     def next_client_id(self) -> int: ...
 
