@@ -406,6 +406,9 @@ class ClientSession(Recipient):
         ring = router.ring
         shards = router.shards
         direct = router.direct
+        # replica reads, no migration: reads take the inline path too
+        replica_fast = router.replica_reads and router.migration is None
+        ryw = host.read_your_writes
         normal = self.mode is None
         wrote = 0
         hot = host.hotkeys
@@ -439,6 +442,24 @@ class ClientSession(Recipient):
                         if spec.write:
                             wrote |= 1 << i
                         shards[i].primary.connection(proto, cid).send(frame, slot)
+                    elif replica_fast and not spec.write:
+                        # a read under a replica read policy, inline as above (pick() and
+                        # send_leg() without their attribute look-ups)
+                        s = shards[i]
+                        writes = self.writes
+                        recent = bool(ryw and writes and now - writes.get(s.name, -1e18) < ryw)
+                        node = router.node(i, False, recent)
+                        if node is None:
+                            self.request_cmd = spec.index
+                            self.send_to_shard(i, False, frame, (argv[1],))
+                            continue
+                        slot = QueuedReply(self, spec.index, now)
+                        queue.append(slot)
+                        if node is s.primary:
+                            node.connection(proto, cid).send(frame, slot)
+                        else:
+                            retry = ReplicaRetry(slot, frame, s.primary, self)
+                            node.connection(proto, cid).send(frame, retry)
                     else:
                         self.request_cmd = spec.index
                         self.send_to_shard(i, spec.write, frame, (argv[1],))
