@@ -49,16 +49,7 @@ def test_quick_benchmark_writes_results_and_leaves_nothing_running(tmp_path: Pat
         assert shutil.which(binary), f"{binary} is needed"
     assert shutil.which("nutcracker") or os.access("/usr/sbin/nutcracker", os.X_OK)
     out = tmp_path / "results"
-    done = subprocess.run(
-        [sys.executable, "-m", "bench.run", "--quick", "--rounds", "1", "--out", str(out)],
-        cwd=REPO,
-        env=dict(os.environ, PYTHONPATH=str(REPO)),
-        capture_output=True,
-        text=True,
-        timeout=100,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr[-3000:] + done.stdout[-3000:]
+    done = run_bench("bench.run", "--quick", "--rounds", "1", "--out", str(out), timeout=100)
 
     results = json.loads((out / "results.json").read_text())
     confs = {conf["key"]: conf for conf in results["configurations"]}
@@ -102,17 +93,23 @@ def test_quick_benchmark_writes_results_and_leaves_nothing_running(tmp_path: Pat
     assert not alive, f"still running after the benchmark exited: {alive}"
 
 
-def test_transaction_benchmark_runs_and_reports_the_ratio() -> None:
+def run_bench(module: str, *args: str, timeout: float) -> subprocess.CompletedProcess[str]:
+    """``python -m <module> <args>`` from the repository; it must exit 0."""
     done = subprocess.run(
-        [sys.executable, "-m", "bench.transactions", "--quick", "--seconds", "0.5"],
+        [sys.executable, "-m", module, *args],
         cwd=REPO,
         env=dict(os.environ, PYTHONPATH=str(REPO)),
         capture_output=True,
         text=True,
-        timeout=100,
+        timeout=timeout,
         check=False,
     )
     assert done.returncode == 0, done.stderr[-3000:] + done.stdout[-3000:]
+    return done
+
+
+def test_transaction_benchmark_runs_and_reports_the_ratio() -> None:
+    done = run_bench("bench.transactions", "--quick", "--seconds", "0.5", timeout=100)
     out = done.stdout
     rates = {
         name: float(line.split("median")[1].split("tx/s")[0])
@@ -128,16 +125,7 @@ def test_transaction_benchmark_runs_and_reports_the_ratio() -> None:
 
 
 def test_pubsub_benchmark_delivers_every_message_on_both_targets() -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "bench.pubsub", "--quick", "--json"],
-        cwd=REPO,
-        env=dict(os.environ, PYTHONPATH=str(REPO)),
-        capture_output=True,
-        text=True,
-        timeout=100,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr[-3000:] + done.stdout[-3000:]
+    done = run_bench("bench.pubsub", "--quick", "--json", timeout=100)
     out = done.stdout
     summary = {
         line.split()[0]: line
@@ -160,16 +148,7 @@ def test_pubsub_benchmark_delivers_every_message_on_both_targets() -> None:
 
 
 def test_tls_benchmark_measures_every_configuration_and_the_ratios() -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "bench.tls", "--quick", "--json"],
-        cwd=REPO,
-        env=dict(os.environ, PYTHONPATH=str(REPO)),
-        capture_output=True,
-        text=True,
-        timeout=110,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr[-3000:] + done.stdout[-3000:]
+    done = run_bench("bench.tls", "--quick", "--json", timeout=110)
     figures = json.loads(done.stdout.strip().splitlines()[-1])
     configurations = figures["configurations"]
     assert set(configurations) == {
@@ -198,16 +177,7 @@ def test_tls_benchmark_measures_every_configuration_and_the_ratios() -> None:
 
 def test_cache_benchmark_measures_every_target_and_reads_nothing_stale() -> None:
     assert shutil.which("gcc"), "gcc is needed (bench.cache compiles bench/loadgen.c)"
-    done = subprocess.run(
-        [sys.executable, "-m", "bench.cache", "--quick", "--json"],
-        cwd=REPO,
-        env=dict(os.environ, PYTHONPATH=str(REPO)),
-        capture_output=True,
-        text=True,
-        timeout=150,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr[-3000:] + done.stdout[-3000:]
+    done = run_bench("bench.cache", "--quick", "--json", timeout=150)
     figures = json.loads(done.stdout.strip().splitlines()[-1])
     for target in ("direct", "nutcracker", "cache_off", "cache_on"):
         median = figures["medians"][target]

@@ -4,7 +4,7 @@ made to lose on purpose (an invalidation overtaking its fill's reply)."""
 from __future__ import annotations
 
 from shardproxy.session.cache import OVERHEAD, NearCache
-from tests.sansio import FakeHost, cmd, settle
+from tests.sansio import FakeClient, FakeHost, ServerConn, cmd, settle
 
 
 async def cached(host: FakeHost, shard: str, max_memory: int = 1 << 20) -> NearCache:
@@ -24,14 +24,26 @@ async def cached(host: FakeHost, shard: str, max_memory: int = 1 << 20) -> NearC
     return cache
 
 
+async def connected(host: FakeHost, shard: str) -> tuple[FakeClient, ServerConn]:
+    """A client, and the connection its requests to ``shard`` arrive on."""
+    c = host.client()
+    await settle()
+    return c, host.server(shard).conn
+
+
+async def sent(c: FakeClient, conn: ServerConn, *requests: list[bytes]) -> bytes:
+    """What ``conn`` received once ``c`` sent ``requests``."""
+    c.send(*requests)
+    await settle()
+    return conn.take()
+
+
 async def test_a_fill_is_caching_yes_get_pttl_and_the_second_get_is_answered_here(
     host: FakeHost,
 ) -> None:
     k = host.key_on("a")
     cache = await cached(host, "a")
-    c = host.client()
-    await settle()
-    conn = host.server("a").conn
+    c, conn = await connected(host, "a")
     c.send([b"GET", k])
     await settle()
     assert conn.take() == cmd("CLIENT", "CACHING", "yes") + cmd("GET", k) + cmd("PTTL", k)
@@ -47,12 +59,8 @@ async def test_a_fill_is_caching_yes_get_pttl_and_the_second_get_is_answered_her
 async def test_an_invalidation_before_the_fill_returns_spoils_the_fill(host: FakeHost) -> None:
     k = host.key_on("a")
     cache = await cached(host, "a")
-    c = host.client()
-    await settle()
-    conn = host.server("a").conn
-    c.send([b"GET", k])
-    await settle()
-    conn.take()
+    c, conn = await connected(host, "a")
+    await sent(c, conn, [b"GET", k])
     cache.invalidate(host.primary("a"), [k])  # the node says k changed: the fill may be old
     conn.answer(b"+OK\r\n$3\r\nold\r\n:-1\r\n")
     assert c.take() == b"$3\r\nold\r\n"  # (the client still gets its reply)
@@ -67,29 +75,23 @@ async def test_a_write_through_the_proxy_drops_the_entry_before_it_is_sent(
 ) -> None:
     k = host.key_on("a")
     cache = await cached(host, "a")
-    c = host.client()
-    await settle()
-    conn = host.server("a").conn
-    c.send([b"GET", k])
-    await settle()
-    conn.take()
+    c, conn = await connected(host, "a")
+    await sent(c, conn, [b"GET", k])
     conn.answer(b"+OK\r\n$2\r\nv1\r\n:-1\r\n")
     c.take()
     assert k in cache.entries
     c.send([b"SET", k, b"v2"], [b"GET", k])
     await settle()
     assert k not in cache.entries or cache.entries[k].value != b"$2\r\nv1\r\n"
-    sent = conn.take()
-    assert sent.startswith(cmd("SET", k, "v2"))  # then the GET is a fill, not a stale hit
-    assert cmd("GET", k) in sent
+    forwarded = conn.take()
+    assert forwarded.startswith(cmd("SET", k, "v2"))  # then the GET is a fill, not a stale hit
+    assert cmd("GET", k) in forwarded
 
 
 async def test_a_key_with_a_ttl_and_a_key_gone_before_pttl(host: FakeHost) -> None:
     ka, kb = host.keys_on("a", 2)
     cache = await cached(host, "a")
-    c = host.client()
-    await settle()
-    conn = host.server("a").conn
+    c, conn = await connected(host, "a")
     c.send([b"GET", ka], [b"GET", kb])
     await settle()
     conn.take()
@@ -116,9 +118,7 @@ async def test_the_memory_bound_evicts_the_oldest_cold_entry(host: FakeHost) -> 
     value = b"$8\r\n" + b"v" * 8 + b"\r\n"
     room = sum(len(k) + len(value) + OVERHEAD for k in keys[1:])  # room for two of the three
     cache = await cached(host, "a", max_memory=room)
-    c = host.client()
-    await settle()
-    conn = host.server("a").conn
+    c, conn = await connected(host, "a")
     for k in keys:
         c.send([b"GET", k])
         await settle()

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from shardproxy.backend.dial import Endpoint
 from shardproxy.control.health import (
     DOWN,
     UNKNOWN,
@@ -42,6 +43,10 @@ class FakeNode:
     usable: bool = True
     lag_bytes: int | None = None
     reconnects: int = 0
+
+    @property
+    def endpoint(self) -> Endpoint:
+        return Endpoint(self.host, self.port, self.unix)
 
     def reconnect_now(self) -> None:
         self.reconnects += 1

@@ -11,8 +11,8 @@ from __future__ import annotations
 import logging
 import ssl
 
-from shardproxy.commands.acl import AclError, Users, compile_users
-from shardproxy.commands.table import CommandSpec, lookup_table
+from shardproxy.commands.acl import AclError, Users, compile_user, compile_users
+from shardproxy.commands.table import CommandSpec
 from shardproxy.config import Config
 from shardproxy.control import fleet
 
@@ -48,24 +48,17 @@ def server_context(config: Config) -> ssl.SSLContext | None:
 def problems(config: Config) -> list[str]:
     """What makes ``config`` unusable beyond its syntax: ``key.path: problem`` lines."""
     out: list[str] = []
-    try:
-        users(config, lookup_table(config.deny_commands))
-    except AclError as exc:
-        index = _user_index(config, str(exc))
-        out.append(f"auth.users[{index}].rules: {exc}" if index >= 0 else f"auth: {exc}")
+    for i, u in enumerate(config.auth.users):
+        try:
+            compile_user(u.name, u.rules, u.passwords)
+        except AclError as exc:
+            out.append(f"auth.users[{i}].rules: {exc}")
     for what, make in (("tls", server_context), ("backend.tls", fleet.backend_context)):
         try:
             make(config)
         except (OSError, ssl.SSLError, ValueError) as exc:
             out.append(f"{what}: cannot load the certificate or key: {exc}")
     return out
-
-
-def _user_index(config: Config, message: str) -> int:
-    for i, u in enumerate(config.auth.users):
-        if message.startswith(f"user {u.name!r}:"):
-            return i
-    return -1
 
 
 def admin_warning(config: Config) -> str | None:

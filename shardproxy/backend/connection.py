@@ -17,7 +17,8 @@ States::
                          DOWN ◀──────────────────────────────────┘
     any state ── close() ──▶ CLOSED (terminal)
 
-A shared pipeline leaves DOWN again by reconnecting after a backoff; a lease never does.
+A :class:`Reconnecting` connection (shared pipelines, subscriber and invalidation
+connections) leaves DOWN again by reconnecting after a backoff; a lease never does.
 """
 
 from __future__ import annotations
@@ -384,3 +385,51 @@ class Connection:
                 "shard_closed", shard=self.node.shard, node=self.node.address, detail=detail
             )
         )
+
+
+class Reconnecting(Connection):
+    """A connection that comes back by itself (a shared pipeline, a subscriber or
+    invalidation connection; a lease never does): DOWN, then a new attempt after a backoff
+    that starts at ``backoff_min`` and doubles up to ``backoff_max``, or at once when the
+    node answers again (:meth:`reconnect_now`)."""
+
+    __slots__ = ("_backoff", "_reconnect_handle")
+
+    def __init__(self, node: NodeBase, proto: int) -> None:
+        super().__init__(node, proto)
+        self._backoff = node.settings.backoff_min
+        self._reconnect_handle: asyncio.TimerHandle | None = None
+
+    def _reset_backoff(self) -> None:
+        """Connected: the next failure waits the shortest backoff again."""
+        self._backoff = self.node.settings.backoff_min
+
+    def _schedule_reconnect(self) -> None:
+        if self._reconnect_handle is not None:
+            return
+        delay = self._backoff
+        self._backoff = min(self._backoff * 2, self.node.settings.backoff_max)
+        self._reconnect_handle = self.loop.call_later(delay, self._reconnect)
+
+    def _reconnect(self) -> None:
+        self._reconnect_handle = None
+        if self.state is DOWN:
+            self.start()
+
+    def _cancel_reconnect(self) -> None:
+        if self._reconnect_handle is not None:
+            self._reconnect_handle.cancel()
+            self._reconnect_handle = None
+
+    def reconnect_now(self) -> None:
+        """DOWN and waiting out a backoff: reconnect now, with the backoff reset (the node
+        answers again; health checking says so)."""
+        if self.state is not DOWN:
+            return
+        self._cancel_reconnect()
+        self._reset_backoff()
+        self.start()
+
+    def close(self, detail: str = "node removed") -> None:
+        self._cancel_reconnect()
+        super().close(detail)

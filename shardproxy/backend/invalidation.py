@@ -18,11 +18,9 @@ node and caches nothing from it until a new connection is TRACKING again.
 
 from __future__ import annotations
 
-import asyncio
-
 from mypy_extensions import mypyc_attr
 
-from shardproxy.backend.connection import DOWN, Connection, NodeBase
+from shardproxy.backend.connection import NodeBase, Reconnecting
 from shardproxy.protocol import encode, replies
 
 CLIENT_ID = encode.encode_command([b"CLIENT", b"ID"])
@@ -46,20 +44,18 @@ class InvalidationOwner:
         """Invalidations of ``node`` may be lost from now on."""
 
 
-class InvalidationConnection(Connection):
+class InvalidationConnection(Reconnecting):
     """The one connection a node's invalidation messages come in on."""
 
-    __slots__ = ("_backoff", "_reconnect_handle", "client_id", "owner")
+    __slots__ = ("client_id", "owner")
 
     def __init__(self, node: NodeBase, owner: InvalidationOwner) -> None:
         super().__init__(node, 2)
         self.owner = owner
         self.client_id = 0  # 0 until CLIENT ID is answered on this connection
-        self._backoff = node.settings.backoff_min
-        self._reconnect_handle: asyncio.TimerHandle | None = None
 
     def _on_ready(self) -> None:
-        self._backoff = self.node.settings.backoff_min
+        self._reset_backoff()
         self.client_id = 0
         self.wbuf[:0] = [CLIENT_ID, SUBSCRIBE]
         super()._on_ready()
@@ -90,29 +86,9 @@ class InvalidationConnection(Connection):
     def _after_failure(self, reason: str) -> None:
         self.client_id = 0
         self.owner.untracked(self.node)
-        if self._reconnect_handle is not None:
-            return
-        delay = self._backoff
-        self._backoff = min(self._backoff * 2, self.node.settings.backoff_max)
-        self._reconnect_handle = self.loop.call_later(delay, self._reconnect)
-
-    def _reconnect(self) -> None:
-        self._reconnect_handle = None
-        if self.state is DOWN:
-            self.start()
-
-    def reconnect_now(self) -> None:
-        if self.state is not DOWN:
-            return
-        if self._reconnect_handle is not None:
-            self._reconnect_handle.cancel()
-            self._reconnect_handle = None
-        self.start()
+        self._schedule_reconnect()
 
     def close(self, detail: str = "near-cache off") -> None:
-        if self._reconnect_handle is not None:
-            self._reconnect_handle.cancel()
-            self._reconnect_handle = None
         was = self.client_id
         self.client_id = 0
         super().close(detail)

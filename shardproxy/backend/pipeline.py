@@ -29,7 +29,7 @@ from collections import deque
 from time import perf_counter as clock
 from typing import Any
 
-from shardproxy.backend.connection import CLOSED, CONNECTING, DOWN, READY, Connection, NodeBase
+from shardproxy.backend.connection import CLOSED, CONNECTING, DOWN, READY, NodeBase, Reconnecting
 from shardproxy.backend.slots import Recipient, ReplySlot
 from shardproxy.protocol import encode, errors, push
 
@@ -66,12 +66,10 @@ class TrackingSlot(ReplySlot):
         return None
 
 
-class Pipeline(Connection):
+class Pipeline(Reconnecting):
     """One shared, pipelined connection to a node."""
 
     __slots__ = (
-        "_backoff",
-        "_reconnect_handle",
         "_timer",
         "batches",
         "head_since",
@@ -84,8 +82,6 @@ class Pipeline(Connection):
         self.batches: deque[list[Any]] = deque()
         self._timer: asyncio.TimerHandle | None = None  # command timeout for the oldest request
         self.head_since = 0.0  # loop time since which pending.head() has been the oldest request
-        self._backoff = node.settings.backoff_min
-        self._reconnect_handle: asyncio.TimerHandle | None = None
         # the invalidation client its reads are tracked for (CLIENT TRACKING ... REDIRECT),
         # once the node said OK; 0: none (the near-cache fills nothing through it)
         self.tracked_id = 0
@@ -127,7 +123,7 @@ class Pipeline(Connection):
             self.batches.append([requests, clock()])
 
     def _on_ready(self) -> None:
-        self._backoff = self.node.settings.backoff_min
+        self._reset_backoff()
         self.node.connection_up()
         self.tracked_id = 0
         tid = self.node.tracking_id
@@ -217,31 +213,4 @@ class Pipeline(Connection):
 
     def _after_failure(self, reason: str) -> None:
         self.node.connection_failed(reason)
-        if self._reconnect_handle is not None:
-            return
-        delay = self._backoff
-        self._backoff = min(self._backoff * 2, self.node.settings.backoff_max)
-        self._reconnect_handle = self.loop.call_later(delay, self._reconnect)
-
-    def _reconnect(self) -> None:
-        self._reconnect_handle = None
-        if self.state is DOWN:
-            self.start()
-
-    def reconnect_now(self) -> None:
-        """DOWN and waiting out a backoff: reconnect now, with the backoff reset (the node
-        answers again; health checking says so)."""
-        if self.state is not DOWN:
-            return
-        if self._reconnect_handle is not None:
-            self._reconnect_handle.cancel()
-            self._reconnect_handle = None
-        self._backoff = self.node.settings.backoff_min
-        self.start()
-
-    def close(self, detail: str = "node removed") -> None:
-        """Close for good (node removed or proxy stopping); pending requests fail."""
-        if self._reconnect_handle is not None:
-            self._reconnect_handle.cancel()
-            self._reconnect_handle = None
-        super().close(detail)
+        self._schedule_reconnect()

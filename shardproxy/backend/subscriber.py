@@ -25,7 +25,7 @@ import logging
 
 from mypy_extensions import mypyc_attr
 
-from shardproxy.backend.connection import CLOSED, CONNECTING, DOWN, READY, Connection, NodeBase
+from shardproxy.backend.connection import CLOSED, CONNECTING, DOWN, READY, NodeBase, Reconnecting
 from shardproxy.backend.slots import Recipient, ReplySlot
 from shardproxy.protocol import push
 
@@ -52,19 +52,17 @@ class SubscriberOwner:
         """The connection went DOWN (its messages stop until it is READY again)."""
 
 
-class SubscriberConnection(Connection):
+class SubscriberConnection(Reconnecting):
     """One subscribed RESP2 connection to a node; ``index`` is its place among the node's
     subscriber connections (a channel lives on exactly one of them)."""
 
-    __slots__ = ("_backoff", "_reconnect_handle", "_timer", "confirmations", "index", "owner")
+    __slots__ = ("_timer", "confirmations", "index", "owner")
 
     def __init__(self, node: NodeBase, owner: SubscriberOwner, index: int = 0) -> None:
         super().__init__(node, 2)
         self.owner = owner
         self.index = index
         self.confirmations = 0  # (un)subscribe confirmations read
-        self._backoff = node.settings.backoff_min
-        self._reconnect_handle: asyncio.TimerHandle | None = None
         self._timer: asyncio.TimerHandle | None = None  # the oldest PING's deadline
         node.subscribers.append(self)  # (so that the node's return reconnects it at once)
 
@@ -94,7 +92,7 @@ class SubscriberConnection(Connection):
             self.loop.call_soon(self._flush)
 
     def _on_ready(self) -> None:
-        self._backoff = self.node.settings.backoff_min
+        self._reset_backoff()
         # the whole subscription set first, then whatever waited for READY (barriers)
         self.wbuf[:0] = self.owner.subscriptions(self)
         super()._on_ready()
@@ -162,31 +160,9 @@ class SubscriberConnection(Connection):
 
     def _after_failure(self, reason: str) -> None:
         self.owner.subscriber_down(self)
-        if self._reconnect_handle is not None:
-            return
-        delay = self._backoff
-        self._backoff = min(self._backoff * 2, self.node.settings.backoff_max)
-        self._reconnect_handle = self.loop.call_later(delay, self._reconnect)
-
-    def _reconnect(self) -> None:
-        self._reconnect_handle = None
-        if self.state is DOWN:
-            self.start()
-
-    def reconnect_now(self) -> None:
-        """DOWN and waiting out a backoff: reconnect now (the node answers again)."""
-        if self.state is not DOWN:
-            return
-        if self._reconnect_handle is not None:
-            self._reconnect_handle.cancel()
-            self._reconnect_handle = None
-        self._backoff = self.node.settings.backoff_min
-        self.start()
+        self._schedule_reconnect()
 
     def close(self, detail: str = "no longer subscribed here") -> None:
-        if self._reconnect_handle is not None:
-            self._reconnect_handle.cancel()
-            self._reconnect_handle = None
         if self in self.node.subscribers:
             self.node.subscribers.remove(self)
         super().close(detail)

@@ -6,7 +6,8 @@ YAML key when its metadata has ``kind`` (a leaf value, see :mod:`shardproxy.conf
 ``section`` (a nested mapping, built as that dataclass) or ``sections`` (a list of such
 mappings); a field without a default is required.
 
-This module owns those dataclasses and the views derived from them:
+This module owns those dataclasses (the security sections are in
+:mod:`shardproxy.config.security`) and the views derived from them:
 :func:`reference_markdown` renders the README's topology reference (key, type, default,
 meaning) and :func:`changed_settings` compares two configs key by key (``shardproxy diff``,
 reload logs). Building a :class:`Config` from YAML is :mod:`shardproxy.config.load`; the generic
@@ -18,9 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from shardproxy.config.kinds import (
-    ACL_RULES,
     ADMIN,
-    CLIENT_CERTS,
     COMMAND_NAMES,
     CROSS_SHARD,
     DISTRIBUTION,
@@ -32,10 +31,8 @@ from shardproxy.config.kinds import (
     MIGRATION_COPY,
     NODE,
     NODES,
-    PASSWORDS,
     READ_POLICY,
     TAG,
-    TLS_LISTENERS,
     Address,
     LagLimit,
 )
@@ -51,6 +48,7 @@ from shardproxy.config.schema import (
 )
 from shardproxy.config.schema import changed_settings as _changed_settings
 from shardproxy.config.schema import reference_markdown as _reference_markdown
+from shardproxy.config.security import AuthConfig, BackendTlsConfig, TlsConfig
 from shardproxy.routing.ring import Ring
 
 # --- the schema: one dataclass per section ------------------------------------------------------
@@ -115,41 +113,6 @@ class TimeoutsConfig:
     command_ms: int = field(
         default=1000,
         metadata=_key(POSITIVE_INT, "a reply from a backend node before the client gets an error"),
-    )
-
-
-@dataclass(frozen=True)
-class BackendTlsConfig:
-    """TLS to every Redis node (absent: plain TCP)."""
-
-    enabled: bool = field(
-        default=False,
-        metadata=_key(
-            BOOL,
-            "connect to the nodes over TLS (also on as soon as ca_file, cert_file or "
-            "server_name is given)",
-        ),
-    )
-    ca_file: str | None = field(
-        default=None,
-        metadata=_key(OPTIONAL_STRING, "CA certificate(s) the nodes' certificates chain to"),
-    )
-    cert_file: str | None = field(
-        default=None,
-        metadata=_key(OPTIONAL_STRING, "client certificate, for Redis's tls-auth-clients"),
-    )
-    key_file: str | None = field(
-        default=None, metadata=_key(OPTIONAL_STRING, "the client certificate's private key")
-    )
-    server_name: str | None = field(
-        default=None,
-        metadata=_key(
-            OPTIONAL_STRING, "name to verify the nodes' certificates against; null: the node's host"
-        ),
-    )
-    verify: bool = field(
-        default=True,
-        metadata=_key(BOOL, "verify the nodes' certificates (false: encryption only)"),
     )
 
 
@@ -358,71 +321,6 @@ class ScriptsConfig:
             "bytes of script bodies (SCRIPT LOAD, EVAL) kept, least recently used out first; "
             "an EVALSHA a node answers NOSCRIPT is loaded there and run again if its script "
             "is kept",
-        ),
-    )
-
-
-@dataclass(frozen=True)
-class UserConfig:
-    """One client user (``AUTH <name> <password>``)."""
-
-    name: str = field(metadata=_key(NAME, "the user's name, as AUTH and HELLO AUTH give it"))
-    passwords: tuple[str, ...] = field(
-        default=(),
-        metadata=_key(
-            PASSWORDS,
-            "its passwords: plain, or `#` and the SHA-256 in hex, as Redis's ACL stores them",
-            secret=True,
-        ),
-    )
-    rules: str = field(
-        default="on +@all ~* &*",
-        metadata=_key(
-            ACL_RULES,
-            "what it may do, in Redis ACL rule syntax: on/off, +@category, -command, "
-            "+command|subcommand, ~keypattern, %R~ / %W~, &channelpattern, allkeys, "
-            "allchannels, nopass, >password, #sha256 (README: Security)",
-        ),
-    )
-
-
-@dataclass(frozen=True)
-class AuthConfig:
-    """Client authentication; with neither key set, clients need no AUTH (as Redis)."""
-
-    password: str | None = field(
-        default=None,
-        metadata=_key(
-            OPTIONAL_STRING,
-            "the default user's password (Redis's requirepass): `AUTH <password>`",
-            secret=True,
-        ),
-    )
-    users: tuple[UserConfig, ...] = field(default=(), metadata={"sections": UserConfig})
-
-
-@dataclass(frozen=True)
-class TlsConfig:
-    """TLS listeners for clients (the plain `listen` ones stay as they are)."""
-
-    listen: tuple[Address, ...] = field(
-        default=(), metadata=_key(TLS_LISTENERS, 'TLS listener(s) for clients: "host:port"')
-    )
-    cert_file: str | None = field(
-        default=None, metadata=_key(OPTIONAL_STRING, "the proxy's certificate (PEM)")
-    )
-    key_file: str | None = field(
-        default=None, metadata=_key(OPTIONAL_STRING, "its private key (PEM)")
-    )
-    ca_file: str | None = field(
-        default=None,
-        metadata=_key(OPTIONAL_STRING, "CA certificate(s) that client certificates must chain to"),
-    )
-    client_certs: str = field(
-        default="none",
-        metadata=_key(
-            CLIENT_CERTS,
-            "`none`; `optional` (a certificate, if sent, must verify); `required` (mutual TLS)",
         ),
     )
 

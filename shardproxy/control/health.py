@@ -55,6 +55,7 @@ class ProbedNode(Protocol):
     role: str
     usable: bool
     lag_bytes: int | None
+    endpoint: Endpoint  # where and how to connect (its TLS, with backend.tls)
 
     def reconnect_now(self) -> None:
         """The node answers probes again: reconnect its data connections at once."""
@@ -142,10 +143,9 @@ class Prober:
         conn = self.conn
         if conn is None or conn.closed:
             node = self.node
-            endpoint = getattr(node, "endpoint", None)  # (its TLS, if backend.tls)
-            if not isinstance(endpoint, Endpoint):
-                endpoint = Endpoint(node.host, node.port, node.unix)
-            conn = self.conn = await ControlConnection.open(endpoint, self.creds, timeout=timeout)
+            conn = self.conn = await ControlConnection.open(
+                node.endpoint, self.creds, timeout=timeout
+            )
         conn.timeout = timeout
         return conn
 

@@ -29,12 +29,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
 from time import perf_counter as clock
-from typing import Final, cast
+from typing import cast
 
-from shardproxy.backend.node import Node
-from shardproxy.backend.slots import IGNORE, Recipient, ReplySlot
 from shardproxy.commands.acl import User, Users
 from shardproxy.commands.table import (
     KIND_ALL,
@@ -48,17 +45,12 @@ from shardproxy.commands.table import (
     KIND_PUBSUB,
     KIND_SCRIPT,
     KIND_SPLIT,
-    SPEC_COUNT,
     CommandSpec,
     get_keys,
-    is_blocking,
 )
 from shardproxy.protocol import encode, errors, requests
-from shardproxy.protocol.fifo import Fifo
-from shardproxy.routing.router import Router, ShardNodes
 from shardproxy.session import blocked, subscribed, wait
 from shardproxy.session.blocked import BlockedMode
-from shardproxy.session.cache import CACHING_YES
 from shardproxy.session.host import SessionHost
 from shardproxy.session.modes import (
     BLOCKED,
@@ -74,16 +66,15 @@ from shardproxy.session.modes import (
 from shardproxy.session.pubsub import Subscriptions
 from shardproxy.session.queue import QueuedReply
 from shardproxy.session.replyslots import ClientPushes, ReplicaRetry
+from shardproxy.session.sending import UNKNOWN, Sending
 from shardproxy.session.subscribed import SubscribedMode
 from shardproxy.session.transaction import TransactionMode
 from shardproxy.session.watch import WatchMode
 
 log = logging.getLogger("shardproxy.session")
 
-UNKNOWN: Final = SPEC_COUNT  # metrics index of commands not in the table (and protocol errors)
 
-
-class ClientSession(Recipient):
+class ClientSession(Sending):
     """The proxy side of one client connection (an asyncio protocol by its methods; its base
     makes the backends' calls to it direct when compiled).
 
@@ -96,36 +87,24 @@ class ClientSession(Recipient):
         "closing",
         "counters",
         "held",
-        "host",
-        "id",
         "info",
         "mode",
         "name",
         "parser",
         "peer",
-        "proto",
-        "queue",
         "reading_paused",
-        "request_cmd",
-        "request_time",
         "stats",
         "subs",
         "table",
-        "transport",
         "user",
         "write_paused",
-        "writes",
-        "wrote",
     )
 
     def __init__(self, host: SessionHost) -> None:
-        super().__init__()
-        self.host = host
-        self.id = host.next_client_id()
+        super().__init__(host)
         # the process's counters (never replaced, so held here rather than looked up per read)
         self.stats = host.stats
         self.counters = host.command_counters
-        self.proto = 2  # RESP version the client speaks (HELLO switches it)
         self.name: bytes | None = None  # CLIENT SETNAME
         self.info: dict[bytes, bytes] = {}  # CLIENT SETINFO lib-name / lib-ver
         limits = host.limits
@@ -137,8 +116,6 @@ class ClientSession(Recipient):
         self.checked = not self.user.unrestricted
         if self.user.unauthenticated:
             self.parser.require_auth(True)
-        self.queue: Fifo[QueuedReply] = Fifo()  # outstanding replies, in request order
-        self.transport: asyncio.Transport | None = None
         self.mode: ClientMode | None = None  # None: normal mode (modes.py)
         self._pushes: ClientPushes | None = None  # made when the client first holds a lease
         self.subs: Subscriptions | None = None  # made when the client first subscribes
@@ -147,10 +124,6 @@ class ClientSession(Recipient):
         self.held = False  # reading stopped by the mode (a blocked command's later requests)
         self.write_paused = False
         self.peer = ""
-        self.writes: dict[str, float] | None = None  # shard -> clock() of this client's last write
-        self.wrote = 0  # bit i: wrote to shard i since the last WAIT (-1: renumbered, all)
-        self.request_cmd = UNKNOWN
-        self.request_time = 0.0  # perf_counter() of the read being dispatched
 
     # -- connection events -----------------------------------------------------------------
 
@@ -216,11 +189,6 @@ class ClientSession(Recipient):
         if self.subs is None:
             self.subs = Subscriptions(self, self)
         return self.subs
-
-    @property
-    def router(self) -> Router[Node]:
-        """The live router (a reload swaps it between reads)."""
-        return self.host.router
 
     # -- modes -----------------------------------------------------------------------------
 
@@ -580,138 +548,6 @@ class ClientSession(Recipient):
             self.reply_now(encode.OK)  # nothing watched: Redis says OK too
         else:
             self.reply_now(errors.reply(f"{name}_without_multi"))
-
-    def forward_keyed(self, spec: CommandSpec, argv: list[bytes], frame: bytes) -> None:
-        if is_blocking(spec, argv):
-            self.block(spec, argv, frame)  # XREAD / XREADGROUP with BLOCK
-            return
-        positions = get_keys(spec, argv)
-        router = self.host.router
-        if not positions:
-            # no key in this form of the command (e.g. a wrong numkeys): let a node answer
-            self.send_to_shard(0, spec.write, frame)
-            return
-        keys = [argv[i] for i in positions]
-        shard = router.shard_of_keys(keys)
-        if shard < 0:
-            self.reply_now(errors.reply("crossslot"))
-            return
-        self.send_to_shard(shard, spec.write, frame, keys)
-
-    def forward_any(self, spec: CommandSpec, frame: bytes) -> None:
-        router = self.host.router
-        for i, s in enumerate(router.shards):
-            if s.primary.usable:
-                self.send_to_shard(i, spec.write, frame)
-                return
-        self.send_to_shard(0, spec.write, frame)
-
-    def cached_get(self, shard: int, key: bytes, frame: bytes) -> None:
-        """GET of a cacheable key (session/cache.py): from the cache, or sent with CLIENT
-        CACHING yes and followed by PTTL so that the reply can be kept."""
-        cache = self.host.cache
-        assert cache is not None
-        hit = cache.lookup(key, self.request_time)
-        if hit is not None:
-            self.reply_now(hit)
-            return
-        s, node = self.pick(shard, False)
-        if node is None or self.host.router.migration is not None or not node.tracking_id:
-            self.send_to_shard(shard, False, frame, (key,))
-            return
-        pipe = node.connection(self.proto, self.id)
-        if not pipe.tracks():
-            self.send_to_shard(shard, False, frame, (key,))
-            return
-        reply, ttl = cache.fill(key, s.name, self.new_slot())
-        if node is not s.primary:
-            reply = ReplicaRetry(reply, frame, s.primary, self)
-        pipe.send(CACHING_YES, IGNORE)
-        pipe.send(frame, reply)
-        pipe.send(encode.encode_command([b"PTTL", key]), ttl)
-
-    def send_to_shard(
-        self, shard: int, write: bool, frame: bytes, keys: Sequence[bytes] = ()
-    ) -> None:
-        """Send ``frame`` to the node serving ``shard`` for a new reply in the queue."""
-        slot = QueuedReply(self, self.request_cmd, self.request_time)
-        self.queue.append(slot)
-        self.send_leg(shard, write, frame, slot, keys)
-
-    def send_leg(
-        self, shard: int, write: bool, frame: bytes, slot: ReplySlot, keys: Sequence[bytes] = ()
-    ) -> None:
-        """Send ``frame`` to ``shard``; ``slot`` (any reply slot) completes with the reply.
-        A read sent to a replica is wrapped in :class:`ReplicaRetry`: retried once on the
-        primary if the replica fails before answering."""
-        s, node = self.pick(shard, write)
-        if node is None:
-            slot.complete(self._no_replica(shard))
-        elif node is s.primary:
-            self._send(s, node, frame, slot, keys)
-        else:
-            self._send(s, node, frame, ReplicaRetry(slot, frame, s.primary, self), keys)
-
-    def _send(
-        self, s: ShardNodes[Node], node: Node, frame: bytes, slot: ReplySlot, keys: Sequence[bytes]
-    ) -> None:
-        migration = self.host.router.migration
-        if migration is not None and keys:
-            # keys that changed shard in a reload move to it first (then the primary answers,
-            # since a replica may not have the moved key yet)
-            proto, cid = self.proto, self.id
-
-            def send() -> None:
-                s.primary.connection(proto, cid).send(frame, slot)
-
-            if migration.forward(keys, s, send):
-                return
-        node.connection(self.proto, self.id).send(frame, slot)
-
-    def pick(self, shard: int, write: bool) -> tuple[ShardNodes[Node], Node | None]:
-        """The shard and the node for a request, with read-your-writes: after this client
-        writes to a shard, its reads of that shard go to the primary for a while."""
-        router = self.host.router
-        s = router.shards[shard]
-        if write:
-            self.wrote |= 1 << shard  # (for WAIT)
-        ryw = self.host.read_your_writes
-        if not router.replica_reads:
-            return s, s.primary
-        now = self.request_time
-        if write:
-            if ryw:
-                if self.writes is None:
-                    self.writes = {}
-                self.writes[s.name] = now
-            return s, s.primary
-        recent = bool(ryw and self.writes and now - self.writes.get(s.name, -1e18) < ryw)
-        return s, router.node(shard, False, recent)
-
-    def _no_replica(self, shard: int) -> bytes:
-        return errors.reply("no_replica", shard=self.host.router.shards[shard].name)
-
-    def new_slot(self) -> QueuedReply:
-        """A reply slot for the request being dispatched, at the tail of the queue."""
-        slot = QueuedReply(self, self.request_cmd, self.request_time)
-        self.queue.append(slot)
-        return slot
-
-    def add_slot(self, slot: QueuedReply) -> None:
-        slot.session = self
-        slot.cmd = self.request_cmd
-        slot.t0 = self.request_time
-        self.queue.append(slot)
-
-    def shard_count(self) -> int:
-        return len(self.host.router.shards)
-
-    def group_by_shard(self, keys: Sequence[bytes]) -> dict[int, list[int]]:
-        return self.host.router.group_by_shard(keys)
-
-    def reply_now(self, reply: bytes) -> None:
-        """Queue a reply the proxy has already made (it still waits for earlier ones)."""
-        self.queue.append(QueuedReply(self, self.request_cmd, self.request_time, reply))
 
     def close_after_reply(self) -> None:
         """QUIT: answer what was asked so far, then close."""

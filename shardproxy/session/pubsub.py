@@ -349,12 +349,6 @@ class PubSub(SubscriberOwner):
         self.subscribed.clear()
         self.reconcile()
 
-    def reconnect_now(self) -> None:
-        """Subscriber connections that are DOWN reconnect now (a node answers again)."""
-        for up in self.upstreams.values():
-            for c in up.conns:
-                c.reconnect_now()
-
     # -- delivery --------------------------------------------------------------------------
 
     def messages(self, conn: SubscriberConnection, frames: list[bytes]) -> None:

@@ -1,0 +1,199 @@
+"""Where a client's requests go: the reply slot in the client's queue, and the node by key,
+read policy, read-your-writes, migration and the near-cache.
+
+:class:`Sending` is the part of a client session (``session/client.py`` derives from it) that
+the routers of requests call: normal dispatch, fan-out (``LegSender``), scripts, modes. It
+holds what routing needs of the session (its host, protocol, id, reply queue, the request
+being dispatched, its recent writes) and nothing of the connection's life.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Final
+
+from shardproxy.backend.node import Node
+from shardproxy.backend.slots import IGNORE, Recipient, ReplySlot
+from shardproxy.commands.table import SPEC_COUNT, CommandSpec, get_keys, is_blocking
+from shardproxy.protocol import encode, errors
+from shardproxy.protocol.fifo import Fifo
+from shardproxy.routing.router import Router, ShardNodes
+from shardproxy.session.cache import CACHING_YES
+from shardproxy.session.host import SessionHost
+from shardproxy.session.queue import QueuedReply
+from shardproxy.session.replyslots import ReplicaRetry
+
+UNKNOWN: Final = SPEC_COUNT  # metrics index of commands not in the table (and protocol errors)
+
+
+class Sending(Recipient):
+    """A client session as the routers of its requests see it.
+
+    ``request_cmd`` and ``request_time`` describe the request being dispatched: every queued
+    reply made while dispatching it is counted as that command, read at that time."""
+
+    __slots__ = (
+        "host",
+        "id",
+        "proto",
+        "queue",
+        "request_cmd",
+        "request_time",
+        "transport",
+        "writes",
+        "wrote",
+    )
+
+    def __init__(self, host: SessionHost) -> None:
+        super().__init__()
+        self.host = host
+        self.id = host.next_client_id()
+        self.proto = 2  # RESP version the client speaks (HELLO switches it)
+        self.queue: Fifo[QueuedReply] = Fifo()  # outstanding replies, in request order
+        self.transport: asyncio.Transport | None = None  # the client's socket, once connected
+        self.writes: dict[str, float] | None = None  # shard -> clock() of this client's last write
+        self.wrote = 0  # bit i: wrote to shard i since the last WAIT (-1: renumbered, all)
+        self.request_cmd = UNKNOWN
+        self.request_time = 0.0  # perf_counter() of the read being dispatched
+
+    def block(self, spec: CommandSpec, argv: list[bytes], frame: bytes) -> None:
+        """A blocking command (the session runs it in blocked mode)."""
+        raise NotImplementedError
+
+    @property
+    def router(self) -> Router[Node]:
+        """The live router (a reload swaps it between reads)."""
+        return self.host.router
+
+    def forward_keyed(self, spec: CommandSpec, argv: list[bytes], frame: bytes) -> None:
+        if is_blocking(spec, argv):
+            self.block(spec, argv, frame)  # XREAD / XREADGROUP with BLOCK
+            return
+        positions = get_keys(spec, argv)
+        router = self.host.router
+        if not positions:
+            # no key in this form of the command (e.g. a wrong numkeys): let a node answer
+            self.send_to_shard(0, spec.write, frame)
+            return
+        keys = [argv[i] for i in positions]
+        shard = router.shard_of_keys(keys)
+        if shard < 0:
+            self.reply_now(errors.reply("crossslot"))
+            return
+        self.send_to_shard(shard, spec.write, frame, keys)
+
+    def forward_any(self, spec: CommandSpec, frame: bytes) -> None:
+        router = self.host.router
+        for i, s in enumerate(router.shards):
+            if s.primary.usable:
+                self.send_to_shard(i, spec.write, frame)
+                return
+        self.send_to_shard(0, spec.write, frame)
+
+    def cached_get(self, shard: int, key: bytes, frame: bytes) -> None:
+        """GET of a cacheable key (session/cache.py): from the cache, or sent with CLIENT
+        CACHING yes and followed by PTTL so that the reply can be kept."""
+        cache = self.host.cache
+        assert cache is not None
+        hit = cache.lookup(key, self.request_time)
+        if hit is not None:
+            self.reply_now(hit)
+            return
+        s, node = self.pick(shard, False)
+        if node is None or self.host.router.migration is not None or not node.tracking_id:
+            self.send_to_shard(shard, False, frame, (key,))
+            return
+        pipe = node.connection(self.proto, self.id)
+        if not pipe.tracks():
+            self.send_to_shard(shard, False, frame, (key,))
+            return
+        reply, ttl = cache.fill(key, s.name, self.new_slot())
+        if node is not s.primary:
+            reply = ReplicaRetry(reply, frame, s.primary, self)
+        pipe.send(CACHING_YES, IGNORE)
+        pipe.send(frame, reply)
+        pipe.send(encode.encode_command([b"PTTL", key]), ttl)
+
+    def send_to_shard(
+        self, shard: int, write: bool, frame: bytes, keys: Sequence[bytes] = ()
+    ) -> None:
+        """Send ``frame`` to the node serving ``shard`` for a new reply in the queue."""
+        slot = QueuedReply(self, self.request_cmd, self.request_time)
+        self.queue.append(slot)
+        self.send_leg(shard, write, frame, slot, keys)
+
+    def send_leg(
+        self, shard: int, write: bool, frame: bytes, slot: ReplySlot, keys: Sequence[bytes] = ()
+    ) -> None:
+        """Send ``frame`` to ``shard``; ``slot`` (any reply slot) completes with the reply.
+        A read sent to a replica is wrapped in :class:`ReplicaRetry`: retried once on the
+        primary if the replica fails before answering."""
+        s, node = self.pick(shard, write)
+        if node is None:
+            slot.complete(self._no_replica(shard))
+        elif node is s.primary:
+            self._send(s, node, frame, slot, keys)
+        else:
+            self._send(s, node, frame, ReplicaRetry(slot, frame, s.primary, self), keys)
+
+    def _send(
+        self, s: ShardNodes[Node], node: Node, frame: bytes, slot: ReplySlot, keys: Sequence[bytes]
+    ) -> None:
+        migration = self.host.router.migration
+        if migration is not None and keys:
+            # keys that changed shard in a reload move to it first (then the primary answers,
+            # since a replica may not have the moved key yet)
+            proto, cid = self.proto, self.id
+
+            def send() -> None:
+                s.primary.connection(proto, cid).send(frame, slot)
+
+            if migration.forward(keys, s, send):
+                return
+        node.connection(self.proto, self.id).send(frame, slot)
+
+    def pick(self, shard: int, write: bool) -> tuple[ShardNodes[Node], Node | None]:
+        """The shard and the node for a request, with read-your-writes: after this client
+        writes to a shard, its reads of that shard go to the primary for a while."""
+        router = self.host.router
+        s = router.shards[shard]
+        if write:
+            self.wrote |= 1 << shard  # (for WAIT)
+        ryw = self.host.read_your_writes
+        if not router.replica_reads:
+            return s, s.primary
+        now = self.request_time
+        if write:
+            if ryw:
+                if self.writes is None:
+                    self.writes = {}
+                self.writes[s.name] = now
+            return s, s.primary
+        recent = bool(ryw and self.writes and now - self.writes.get(s.name, -1e18) < ryw)
+        return s, router.node(shard, False, recent)
+
+    def _no_replica(self, shard: int) -> bytes:
+        return errors.reply("no_replica", shard=self.host.router.shards[shard].name)
+
+    def new_slot(self) -> QueuedReply:
+        """A reply slot for the request being dispatched, at the tail of the queue."""
+        slot = QueuedReply(self, self.request_cmd, self.request_time)
+        self.queue.append(slot)
+        return slot
+
+    def add_slot(self, slot: QueuedReply) -> None:
+        slot.session = self
+        slot.cmd = self.request_cmd
+        slot.t0 = self.request_time
+        self.queue.append(slot)
+
+    def shard_count(self) -> int:
+        return len(self.host.router.shards)
+
+    def group_by_shard(self, keys: Sequence[bytes]) -> dict[int, list[int]]:
+        return self.host.router.group_by_shard(keys)
+
+    def reply_now(self, reply: bytes) -> None:
+        """Queue a reply the proxy has already made (it still waits for earlier ones)."""
+        self.queue.append(QueuedReply(self, self.request_cmd, self.request_time, reply))
