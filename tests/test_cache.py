@@ -83,6 +83,39 @@ def test_a_write_through_the_proxy_is_seen_by_the_next_read(cproxy: Proxy, proto
         assert c.get("c:ryw") == b"tx"
 
 
+@pytest.mark.parametrize("proto", [2, 3])
+def test_mget_is_served_from_the_cache_key_by_key(cproxy: Proxy, fleet: Fleet, proto: int) -> None:
+    keys = [f"{i}:c:mget:{proto}" for i in range(12)]
+    assert len({RING.shard_name(k.encode()) for k in keys}) == 3  # every shard
+    with cproxy.client(protocol=proto) as c:
+        c.mset({k: f"v{i}" for i, k in enumerate(keys)})
+        c.delete(keys[5], keys[7])
+        c.hset(keys[5], "f", "hash")  # another type: MGET answers nil for it
+        want = [f"v{i}".encode() if i not in (5, 7) else None for i in range(12)]
+        assert c.mget(keys) == want  # asked once: the shards' MGETs, nothing kept
+        assert info(c)["cache_entries"] == 0
+        assert c.mget(keys) == want  # asked again: each key a fill of its own
+        assert info(c)["cache_entries"] == 10
+        before = info(c)
+        assert c.mget(keys) == want  # from the cache, in the keys' order
+        after = info(c)
+        assert after["cache_hits"] - before["cache_hits"] == 10
+        assert c.mget(list(reversed(keys))) == list(reversed(want))
+        assert c.get(keys[0]) == b"v0" and info(c)["cache_hits"] == after["cache_hits"] + 11
+        # a write through the proxy, and one directly on a primary, are seen by MGET too
+        c.set(keys[1], "through")
+        with primary_of(fleet, keys[2]) as d:
+            d.set(keys[2], "direct")
+        want[1], want[2] = b"through", b"direct"
+        t0 = time.monotonic()
+        while c.mget(keys) != want:
+            assert time.monotonic() - t0 < 2, c.mget(keys)
+        c.delete(keys[3])
+        want[3] = None
+        assert c.mget(keys) == want
+        assert c.mget(keys[0], keys[0], keys[8]) == [b"v0", b"v0", b"v8"]  # repeats, all hits
+
+
 def test_a_write_made_directly_on_the_primary_invalidates(cproxy: Proxy, fleet: Fleet) -> None:
     with cproxy.client() as c, primary_of(fleet, "c:direct") as d:
         worst = 0.0

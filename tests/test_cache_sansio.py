@@ -128,3 +128,38 @@ async def test_the_memory_bound_evicts_the_oldest_cold_entry(host: FakeHost) -> 
     assert cache.used <= cache.max_memory
     assert list(cache.entries) == keys[1:]  # the oldest went (read no more often than the rest)
     assert cache.evictions == 1
+
+
+async def test_mget_takes_hits_here_fills_warm_keys_and_sends_cold_ones_in_one_mget(
+    host: FakeHost,
+) -> None:
+    hit, warm, cold, other = host.keys_on("a", 4)
+    cache = await cached(host, "a")
+    c, conn = await connected(host, "a")
+    await sent(c, conn, [b"GET", hit])
+    conn.answer(b"+OK\r\n$1\r\nh\r\n:-1\r\n")
+    await sent(c, conn, [b"GET", warm])  # asked once: warm (this fill fails: not stored)
+    conn.answer(b"+OK\r\n-ERR busy\r\n:-2\r\n")
+    assert c.take() == b"$1\r\nh\r\n-ERR busy\r\n"
+    assert list(cache.entries) == [hit]
+    got = await sent(c, conn, [b"MGET", cold, hit, warm, other])
+    # the cold keys in one MGET; the warm one a fill of its own; the hit not sent at all
+    assert got == (
+        cmd("MGET", cold, other) + cmd("CLIENT", "CACHING", "yes") + cmd("GET", warm)
+        + cmd("PTTL", warm)
+    )  # fmt: skip
+    conn.answer(b"*2\r\n$1\r\nc\r\n$-1\r\n")
+    assert c.take() == b""  # (the fill is still out)
+    conn.answer(b"+OK\r\n-WRONGTYPE Operation against a key holding the wrong kind of value\r\n")
+    conn.answer(b":-1\r\n")
+    assert c.take() == b"*4\r\n$1\r\nc\r\n$1\r\nh\r\n$-1\r\n$-1\r\n"  # MGET's nil, in order
+    await sent(c, conn, [b"MGET", hit, hit])
+    assert c.take() == b"*2\r\n$1\r\nh\r\n$1\r\nh\r\n"  # every key here: nothing sent
+    got = await sent(c, conn, [b"MGET", warm, cold])  # cold was asked before too: both fills
+    fill = cmd("CLIENT", "CACHING", "yes")
+    assert got == fill + cmd("GET", warm) + cmd("PTTL", warm) + fill + cmd("GET", cold) + cmd(
+        "PTTL", cold
+    )
+    conn.answer(b"+OK\r\n$1\r\nw\r\n:-1\r\n+OK\r\n$1\r\nc\r\n:-1\r\n")
+    assert c.take() == b"*2\r\n$1\r\nw\r\n$1\r\nc\r\n"
+    assert list(cache.entries) == [hit, warm, cold]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -29,6 +30,8 @@ from shardproxy.config import Address, Config
 from shardproxy.session.client import ClientSession
 
 log = logging.getLogger("shardproxy.server")
+
+GC_YOUNG = 20_000  # the cyclic GC's first threshold in a serving process (see serve_worker)
 
 
 async def start_listener(
@@ -222,4 +225,8 @@ def serve_worker(
             worker=worker,
         )
 
+    # The youngest generation collected every GC_YOUNG allocations instead of Python's 700:
+    # requests allocate many short-lived containers, and collecting them 30 times less often
+    # saves about 5% of the CPU of a fan-out request (bench/run.py, MGET of 10 keys).
+    gc.set_threshold(GC_YOUNG, *gc.get_threshold()[1:])
     return int(_loop_runner()(main()))

@@ -3,16 +3,33 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Final
 
 from shardproxy.protocol.framing import CRLF
+
+_HEADERS: Final = 512
+_BULK_HEADERS: Final = tuple(b"$%d\r\n" % n for n in range(_HEADERS))
+_ARRAY_HEADERS: Final = tuple(b"*%d\r\n" % n for n in range(_HEADERS))
+
+
+def bulk_header(length: int) -> bytes:
+    """``$<length>\r\n`` (made once for the usual lengths)."""
+    return _BULK_HEADERS[length] if length < _HEADERS else b"$%d\r\n" % length
+
+
+def array_header(count: int) -> bytes:
+    """``*<count>\r\n`` (made once for the usual counts)."""
+    return _ARRAY_HEADERS[count] if count < _HEADERS else b"*%d\r\n" % count
 
 
 def encode_command(argv: Iterable[bytes]) -> bytes:
     """A request frame: an array of bulk strings."""
     args = list(argv)
-    parts = [b"*%d\r\n" % len(args)]
+    parts = [array_header(len(args))]
     for a in args:
-        parts.append(b"$%d\r\n%s\r\n" % (len(a), a))
+        parts.append(bulk_header(len(a)))
+        parts.append(a)
+        parts.append(CRLF)
     return b"".join(parts)
 
 
@@ -40,7 +57,7 @@ def null_array(proto: int) -> bytes:
 
 def array(items: list[bytes]) -> bytes:
     """An array whose elements are already-encoded replies."""
-    return b"*%d\r\n" % len(items) + b"".join(items)
+    return array_header(len(items)) + b"".join(items)
 
 
 def map_reply(pairs: list[tuple[bytes, bytes]], proto: int) -> bytes:

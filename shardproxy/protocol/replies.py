@@ -71,6 +71,10 @@ class ReplyScanner(Buffered):
                     if nl < 0 or nl + 1 >= n or buf[nl + 1] != 10:
                         break  # (the scan decides: partial, or a lone CR in the line)
                     end = nl + 2
+                elif t == STAR:  # an array of bulk strings and nulls (MGET, LRANGE ...)
+                    end = strings_end(buf, start, n)
+                    if end < 0:
+                        break  # partial, nested, or unusual: the general scan decides
                 else:
                     break
                 out.append(buf if start == 0 and end == n else buf[start:end])
@@ -157,6 +161,23 @@ def reply_end(buf: bytes, pos: int) -> int:
     return -1 if remaining else end
 
 
+def strings_end(buf: bytes, pos: i64, n: i64) -> i64:
+    """End of the array of bulk strings and nulls that starts at ``buf[pos]`` (a ``*``);
+    -1 when it is not all there, or holds anything else (then the general scan decides)."""
+    count = length_at(buf, pos + 1, n)
+    if count < 0:
+        return -1
+    pos += 3 + digits(count)
+    while count:
+        if pos >= n:
+            return -1
+        pos = string_end(buf, pos, n)
+        if pos < 0:
+            return -1
+        count -= 1
+    return pos
+
+
 def split_strings(raw: bytes) -> list[bytes] | None:
     """The raw elements of ``raw`` when it is exactly an array of bulk strings and nulls (an
     MGET reply, in either protocol); None for anything else (then use split_aggregate). A
@@ -167,10 +188,12 @@ def split_strings(raw: bytes) -> list[bytes] | None:
     count = length_at(raw, 1, n)
     if count < 0:
         return None
-    pos = 3 + digits(count)
+    # (plain ints for the slice bounds: compiled, a slice on i64 bounds goes through a
+    # slice object)
+    pos: int = 3 + digits(count)
     items: list[bytes] = []
     while count:
-        end = string_end(raw, pos, n) if pos < n else -1
+        end: int = string_end(raw, pos, n) if pos < n else -1
         if end < 0:
             return None
         items.append(raw[pos:end])

@@ -127,7 +127,10 @@ def _fnv1a(key: bytes, basis: i64, prime: i64) -> int:
     h: i64 = basis
     i: i64 = 0
     while i < n:
-        h = ((h ^ _signed(key[i])) * prime) & 0xFFFFFFFF
+        c: i64 = key[i]
+        if c >= 0x80:  # (_signed, inline: this loop runs for every key of every request)
+            c |= 0xFFFFFF00
+        h = ((h ^ c) * prime) & 0xFFFFFFFF
         i += 1
     return h
 

@@ -117,11 +117,3 @@ class Router(Generic[N]):
             if ring.shard_index(k) != first:
                 return -1
         return first
-
-    def group_by_shard(self, keys: Sequence[bytes]) -> dict[int, list[int]]:
-        """Positions of ``keys`` grouped by shard, in first-seen order."""
-        ring = self.ring
-        groups: dict[int, list[int]] = {}
-        for pos, k in enumerate(keys):
-            groups.setdefault(ring.shard_index(k), []).append(pos)
-        return groups

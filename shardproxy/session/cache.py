@@ -115,6 +115,11 @@ class NearCache(InvalidationOwner):
         self.misses += 1
         return None
 
+    def warm(self, key: bytes) -> bool:
+        """Whether ``key`` was looked up before (by the sketch): then a miss of it in an MGET
+        is worth a fill of its own, where a key asked once rides the shard's MGET."""
+        return self._estimate(key) >= 2
+
     def drop(self, key: bytes) -> None:
         """``key`` changes (a write through the proxy, or the node says so)."""
         e = self.entries.pop(key, None)

@@ -508,7 +508,7 @@ class ClientSession(Sending):
         elif kind == KIND_LOCAL:
             self.host.builtin.handle(self, spec, argv)
         elif kind == KIND_SPLIT:
-            self.host.fanout.split(self, spec, argv, frame)
+            self.split(spec, argv, frame)
         elif kind == KIND_ALL:
             self.host.fanout.all_shards(self, spec, argv, frame)
         elif kind == KIND_ANY:

@@ -1,7 +1,8 @@
 """Commands that touch several shards: split or broadcast, then merge the replies.
 
-A fan-out request gets one :class:`Gather` slot in the client's queue and one :class:`Leg` per
-shard it touches. Each leg is an ordinary reply slot for a backend; it answers its parent *by
+A fan-out request (split by the session, ``Sending.split``, or sent by :class:`Fanout`) gets
+one :class:`Gather` slot in the client's queue and one :class:`Leg` per shard it touches (an
+MGET served partly by the near-cache: per key fetched alone, see :class:`Element`). Each leg is an ordinary reply slot for a backend; it answers its parent *by
 index*, never by arrival order, and the parent merges when the last leg is in. The merged reply
 then leaves in the client's request order like any other.
 
@@ -30,6 +31,7 @@ from shardproxy.backend.node import Node
 from shardproxy.backend.slots import Recipient, ReplySlot
 from shardproxy.commands.table import CommandSpec
 from shardproxy.protocol import encode, errors, replies
+from shardproxy.protocol.framing import CRLF
 from shardproxy.routing.router import Router
 from shardproxy.session.queue import QueuedReply
 
@@ -54,17 +56,11 @@ class LegSender(Protocol):
         self, shard: int, write: bool, frame: bytes, slot: ReplySlot, keys: Sequence[bytes] = ()
     ) -> None: ...
 
-    def send_to_shard(
-        self, shard: int, write: bool, frame: bytes, keys: Sequence[bytes] = ()
-    ) -> None: ...
-
     def reply_now(self, reply: bytes) -> None: ...
 
     def add_slot(self, slot: Gather) -> None: ...
 
     def shard_count(self) -> int: ...
-
-    def group_by_shard(self, keys: Sequence[bytes]) -> dict[int, list[int]]: ...
 
 
 class Gather(QueuedReply):
@@ -122,6 +118,39 @@ class Leg(ReplySlot):
         return self.parent.leg_done(self.index, reply)
 
 
+class Element(Leg):
+    """A single value standing for one position of an MGET (a key fetched with GET): it
+    answers its parent as a one-element array. A key holding another type is a null there, as
+    MGET answers it."""
+
+    __slots__ = ()
+
+    def complete(self, reply: bytes) -> Recipient | None:
+        if reply[:1] == b"-":
+            if not reply.startswith(b"-WRONGTYPE"):
+                return self.parent.leg_done(self.index, reply)
+            reply = encode.null(self.parent.proto)
+        return self.parent.leg_done(self.index, b"*1\r\n" + reply)
+
+
+def leg_frame(argv: list[bytes], where: list[int], step: int) -> bytes:
+    """The request for one shard's part of a split command: the command and the keys (or
+    key-value pairs, ``step`` 2) at positions ``where``."""
+    name = argv[0]
+    parts = [encode.array_header(len(where) * step + 1), encode.bulk_header(len(name)), name, CRLF]
+    for p in where:
+        a = argv[1 + p * step]
+        parts.append(encode.bulk_header(len(a)))
+        parts.append(a)
+        parts.append(CRLF)
+        if step == 2:
+            a = argv[2 + p * step]
+            parts.append(encode.bulk_header(len(a)))
+            parts.append(a)
+            parts.append(CRLF)
+    return b"".join(parts)
+
+
 # -- merge rules ---------------------------------------------------------------------------
 
 
@@ -132,8 +161,11 @@ def merge_array(g: Gather) -> bytes:
     if err is not None:
         return err
     positions: list[list[int]] = g.data  # type: ignore[assignment]
-    total = sum(len(p) for p in positions)
-    out: list[bytes] = [b""] * total
+    total = 0
+    for p in positions:
+        total += len(p)
+    out: list[bytes] = [b""] * (total + 1)  # the array's header, then its elements
+    out[0] = encode.array_header(total)
     for leg, raw in enumerate(g.results):
         items = replies.split_strings(raw)
         if items is None:
@@ -141,8 +173,8 @@ def merge_array(g: Gather) -> bytes:
         if items is None or len(items) != len(positions[leg]):
             raise replies.ReplyError("a shard returned the wrong number of values")
         for pos, item in zip(positions[leg], items, strict=True):
-            out[pos] = item
-    return encode.array(out)
+            out[pos + 1] = item
+    return b"".join(out)
 
 
 def merge_ok(g: Gather) -> bytes:
@@ -277,32 +309,6 @@ def merge_scan(g: Gather) -> bytes:
 
 class Fanout:
     """Plans and starts fan-out requests for a session (one instance per proxy)."""
-
-    def split(self, session: LegSender, spec: CommandSpec, argv: list[bytes], frame: bytes) -> None:
-        """MGET / MSET / DEL ...: one sub-command per shard with that shard's keys."""
-        step = 2 if spec.name == "mset" else 1
-        args = argv[1:]
-        if step == 2 and len(args) % 2:
-            session.reply_now(errors.reply("arity", name=spec.name))
-            return
-        keys = args[::step]
-        groups = session.group_by_shard(keys)
-        merge = MERGES[spec.merge or "sum"]
-        name = argv[0]
-        if len(groups) == 1:
-            # all keys on one shard: forward as is, no merge needed
-            (shard,) = groups
-            session.send_to_shard(shard, spec.write, frame, keys)
-            return
-        positions = list(groups.values())
-        g = Gather(session, len(groups), merge, session.proto, positions)
-        session.add_slot(g)
-        for index, (shard, pos) in enumerate(groups.items()):
-            sub = [name]
-            for p in pos:
-                sub.extend(args[p * step : p * step + step])
-            leg_keys = [keys[p] for p in pos]
-            session.send_leg(shard, spec.write, encode.encode_command(sub), Leg(g, index), leg_keys)
 
     def all_shards(
         self, session: LegSender, spec: CommandSpec, argv: list[bytes], frame: bytes

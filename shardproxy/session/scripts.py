@@ -104,6 +104,10 @@ class ScriptSender(LegSender, Protocol):
     @property
     def host(self) -> ScriptHost: ...
 
+    def send_to_shard(
+        self, shard: int, write: bool, frame: bytes, keys: Sequence[bytes] = ()
+    ) -> None: ...
+
     def new_slot(self) -> QueuedReply: ...
 
 

@@ -19,7 +19,8 @@ from shardproxy.commands.table import SPEC_COUNT, CommandSpec, get_keys, is_bloc
 from shardproxy.protocol import encode, errors
 from shardproxy.protocol.fifo import Fifo
 from shardproxy.routing.router import Router, ShardNodes
-from shardproxy.session.cache import CACHING_YES
+from shardproxy.session.cache import CACHING_YES, NearCache
+from shardproxy.session.fanout import MERGES, Element, Gather, Leg, leg_frame, merge_array
 from shardproxy.session.host import SessionHost
 from shardproxy.session.queue import QueuedReply
 from shardproxy.session.replyslots import ReplicaRetry
@@ -100,20 +101,137 @@ class Sending(Recipient):
         if hit is not None:
             self.reply_now(hit)
             return
+        slot = self.new_slot()
+        if not self.fill(shard, key, frame, slot):
+            self.send_leg(shard, False, frame, slot, (key,))
+
+    def fill(self, shard: int, key: bytes, frame: bytes, slot: ReplySlot) -> bool:
+        """Send the GET ``frame`` of ``key`` as a cache fill whose reply goes to ``slot``:
+        tracked (CLIENT CACHING yes first) and followed by PTTL, which stores the entry. False
+        when the node cannot fill now (none to read from, tracking not on yet, a reload
+        under way): then nothing was sent."""
+        cache = self.host.cache
+        assert cache is not None
         s, node = self.pick(shard, False)
         if node is None or self.host.router.migration is not None or not node.tracking_id:
-            self.send_to_shard(shard, False, frame, (key,))
-            return
+            return False
         pipe = node.connection(self.proto, self.id)
         if not pipe.tracks():
-            self.send_to_shard(shard, False, frame, (key,))
-            return
-        reply, ttl = cache.fill(key, s.name, self.new_slot())
+            return False
+        reply, ttl = cache.fill(key, s.name, slot)
         if node is not s.primary:
             reply = ReplicaRetry(reply, frame, s.primary, self)
         pipe.send(CACHING_YES, IGNORE)
         pipe.send(frame, reply)
         pipe.send(encode.encode_command([b"PTTL", key]), ttl)
+        return True
+
+    def split(self, spec: CommandSpec, argv: list[bytes], frame: bytes) -> None:
+        """MGET / MSET / DEL ...: one sub-command per shard with that shard's keys, merged
+        by leg index (session/fanout.py). MGET's cacheable keys are looked up in the
+        near-cache first."""
+        step = 2 if spec.name == "mset" else 1
+        if step == 2 and len(argv) % 2 == 0:
+            self.reply_now(errors.reply("arity", name=spec.name))
+            return
+        count = (len(argv) - 1) // step  # keys
+        cache = self.host.cache
+        if cache is not None and spec.merge == "array":
+            self.cached_mget(spec, argv, frame, cache)
+            return
+        router = self.host.router
+        ring = router.ring
+        groups: dict[int, list[int]] = {}  # shard -> positions of its keys, first-seen order
+        for k in range(count):
+            shard = ring.shard_index(argv[1 + k * step])
+            group = groups.get(shard)
+            if group is None:
+                groups[shard] = [k]
+            else:
+                group.append(k)
+        moving = router.migration is not None  # (a reload: the legs' keys are checked)
+        if len(groups) == 1:
+            # all keys on one shard: forward as is, no merge needed
+            (shard,) = groups
+            self.send_to_shard(shard, spec.write, frame, argv[1::step] if moving else ())
+            return
+        positions = list(groups.values())
+        merge = merge_array if spec.merge == "array" else MERGES[spec.merge or "sum"]
+        g = Gather(self, len(groups), merge, self.proto, positions)
+        self.add_slot(g)
+        write = spec.write
+        proto, cid = self.proto, self.id
+        for index, (shard, where) in enumerate(groups.items()):
+            sub = leg_frame(argv, where, step)
+            if router.direct:  # every leg to its primary (as the inline fast path)
+                if write:
+                    self.wrote |= 1 << shard
+                router.shards[shard].primary.connection(proto, cid).send(sub, Leg(g, index))
+            else:
+                leg_keys = [argv[1 + p * step] for p in where] if moving else ()
+                self.send_leg(shard, write, sub, Leg(g, index), leg_keys)
+
+    def cached_mget(
+        self, spec: CommandSpec, argv: list[bytes], frame: bytes, cache: NearCache
+    ) -> None:
+        """MGET with the near-cache on: a cacheable key is answered from the cache, or
+        fetched as a fill (a tracked GET, as :meth:`cached_get`) once it has been asked for
+        before; the other keys go in one MGET per shard. Each such part is a leg."""
+        router = self.host.router
+        ring = router.ring
+        now = self.request_time
+        hits: list[bytes] = []
+        hit_at: list[int] = []
+        fills: list[tuple[int, int]] = []  # (shard, position) of keys fetched as fills
+        groups: dict[int, list[int]] = {}  # shard -> positions of the keys left to MGET
+        for k in range(len(argv) - 1):
+            key = argv[1 + k]
+            shard = ring.shard_index(key)
+            if cache.cacheable(key):
+                hit = cache.lookup(key, now)
+                if hit is not None:
+                    hits.append(hit)
+                    hit_at.append(k)
+                    continue
+                if cache.warm(key):
+                    fills.append((shard, k))
+                    continue
+            group = groups.get(shard)
+            if group is None:
+                groups[shard] = [k]
+            else:
+                group.append(k)
+        if not fills and not groups:
+            self.reply_now(encode.array(hits))  # every key from the cache
+            return
+        moving = router.migration is not None
+        if not hits and not fills and len(groups) == 1:
+            (shard,) = groups
+            self.send_to_shard(shard, False, frame, argv[1:] if moving else ())
+            return
+        positions = list(groups.values())
+        positions.extend([k] for _, k in fills)
+        legs = len(positions)
+        if hits:
+            positions.append(hit_at)
+        g = Gather(self, len(positions), merge_array, self.proto, positions)
+        if hits:
+            g.results[legs] = encode.array(hits)
+            g.left -= 1
+        self.add_slot(g)
+        for index, (shard, where) in enumerate(groups.items()):
+            sub = leg_frame(argv, where, 1)
+            self.send_leg(
+                shard, False, sub, Leg(g, index), [argv[1 + p] for p in where] if moving else ()
+            )
+        index = len(groups)
+        for shard, k in fills:
+            key = argv[1 + k]
+            get = encode.encode_command([b"GET", key])
+            slot = Element(g, index)
+            if not self.fill(shard, key, get, slot):
+                self.send_leg(shard, False, get, slot, (key,))
+            index += 1
 
     def send_to_shard(
         self, shard: int, write: bool, frame: bytes, keys: Sequence[bytes] = ()
@@ -190,9 +308,6 @@ class Sending(Recipient):
 
     def shard_count(self) -> int:
         return len(self.host.router.shards)
-
-    def group_by_shard(self, keys: Sequence[bytes]) -> dict[int, list[int]]:
-        return self.host.router.group_by_shard(keys)
 
     def reply_now(self, reply: bytes) -> None:
         """Queue a reply the proxy has already made (it still waits for earlier ones)."""
