@@ -42,6 +42,7 @@ from shardproxy.session.builtin import Builtin
 from shardproxy.session.cache import NearCache
 from shardproxy.session.client import ClientSession
 from shardproxy.session.fanout import Fanout
+from shardproxy.session.host import Live
 from shardproxy.session.pubsub import PubSub
 from shardproxy.session.registry import ClientRegistry
 from shardproxy.session.scripts import Scripts
@@ -399,10 +400,11 @@ class FakeHost:
         self.table: dict[bytes, CommandSpec] = lookup_table()
         self.users = compile_users(auth_password, users, self.table)
         self.hotkeys = HotKeys()
-        self.cache: NearCache | None = None
+        self.live = Live(self.hotkeys)
+        self.live.max_pending = self.limits.max_pending_per_client
         self.stats = Stats()
         self.command_counters: CommandCounters | None = CommandCounters(SPEC_COUNT + 1)
-        self.read_your_writes = float(read_your_writes)
+        self.live.read_your_writes = float(read_your_writes)
         self.fanout = Fanout()
         self.telemetry = TelemetryStub()
         self.builtin = Builtin(self.fanout, self.telemetry)
@@ -418,7 +420,7 @@ class FakeHost:
             primary = self._node(name, "primary", f"10.0.{i}.1")
             reps = [self._node(name, "replica", f"10.0.{i}.{2 + r}") for r in range(replicas)]
             shards.append(ShardNodes(name, primary, reps))
-        self.router: Router[Node] = Router(ring, shards, read_policy)
+        self.router = Router(ring, shards, read_policy)
         self.hub.router_changed(self.router)
         self.clients: list[FakeClient] = []
 
@@ -428,6 +430,26 @@ class FakeHost:
         return node
 
     # -- SessionHost ---------------------------------------------------------------------
+
+    @property
+    def router(self) -> Router[Node]:
+        return self.live.router
+
+    @router.setter
+    def router(self, router: Router[Node]) -> None:
+        self.live.router = router
+
+    @property
+    def cache(self) -> NearCache | None:
+        return self.live.cache
+
+    @cache.setter
+    def cache(self, cache: NearCache | None) -> None:
+        self.live.cache = cache
+
+    @property
+    def read_your_writes(self) -> float:
+        return self.live.read_your_writes
 
     def next_client_id(self) -> int:
         return self.registry.next_client_id()

@@ -39,6 +39,7 @@ from shardproxy.protocol.replies import (
     is_error,
     parse_bulk,
     parse_integer,
+    place_strings,
     reply_end,
     split_aggregate,
     split_strings,
@@ -946,6 +947,18 @@ def test_split_strings_agrees_with_split_aggregate(raw: bytes) -> None:
 )
 def test_split_strings_refuses_anything_else(raw: bytes) -> None:
     assert split_strings(raw) is None
+    for where in ([0], [0, 1]):
+        assert not place_strings(raw, where, [b""] * 3)
+
+
+@pytest.mark.parametrize("raw", STRING_ARRAYS)
+def test_place_strings_puts_each_element_at_its_position(raw: bytes) -> None:
+    items = split_aggregate(raw) or []
+    where = list(reversed(range(len(items))))  # the last element first, as a merge may
+    out = [b"header"] + [b""] * len(items)
+    assert place_strings(raw, where, out)
+    assert out == [b"header", *reversed(items)]
+    assert not place_strings(raw, [*where, len(items)], out)  # one position too many
 
 
 # -- limits for a client that has not authenticated, and lengths that are not numbers ----------

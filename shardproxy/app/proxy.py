@@ -30,6 +30,7 @@ from shardproxy.routing.router import Router
 from shardproxy.session.builtin import Builtin
 from shardproxy.session.cache import NearCache
 from shardproxy.session.fanout import Fanout
+from shardproxy.session.host import Live
 from shardproxy.session.pubsub import PubSub
 from shardproxy.session.registry import Client, ClientRegistry
 from shardproxy.session.scripts import Scripts
@@ -62,6 +63,7 @@ class Proxy:
         self.config = config
         self.stats = metrics.Stats()
         self.hotkeys = HotKeys()
+        self.live = Live(self.hotkeys)  # what sessions read per request (router, ...)
         counters = metrics.CommandCounters(commands.SPEC_COUNT + 1)
         self.command_counters: metrics.CommandCounters | None = (
             counters if config.metrics.commands else None
@@ -78,12 +80,11 @@ class Proxy:
         )
         self.pubsub = PubSubCommands(self.hub)
         c = config.cache
-        self.cache: NearCache | None = (
+        self.live.cache = (
             NearCache(tuple(k.encode() for k in c.keys), c.max_memory, c.max_age_ms / 1000)
             if c.enabled
             else None
         )
-        self.router: Router[Node]  # set by the fleet, now and at every swap
         self.fleet = Fleet(
             config,
             loop,
@@ -117,7 +118,8 @@ class Proxy:
         self.deny = config.deny_commands
         self.table = commands.lookup_table(self.deny)
         self.users = security.users(config, self.table)  # (validated: security.problems)
-        self.read_your_writes = config.read_your_writes_ms / 1000
+        self.live.read_your_writes = config.read_your_writes_ms / 1000
+        self.live.max_pending = config.limits.max_pending_per_client
         self.per_shard_transactions = config.transactions.cross_shard == "per-shard"
 
     def _primary_switched(self) -> None:
@@ -136,6 +138,23 @@ class Proxy:
             registry.router_changed()
 
     # -- what sessions need (session.host.SessionHost) -------------------------------------
+
+    @property
+    def router(self) -> Router[Node]:
+        """The live router: set by the fleet, now and at every swap."""
+        return self.live.router
+
+    @router.setter
+    def router(self, router: Router[Node]) -> None:
+        self.live.router = router
+
+    @property
+    def cache(self) -> NearCache | None:
+        return self.live.cache
+
+    @property
+    def read_your_writes(self) -> float:
+        return self.live.read_your_writes
 
     def resolve_sub(self, spec: CommandSpec) -> CommandSpec:
         return commands.denied_sub(spec, self.deny)

@@ -202,6 +202,26 @@ def split_strings(raw: bytes) -> list[bytes] | None:
     return items if pos == n else None
 
 
+def place_strings(raw: bytes, where: list[int], out: list[bytes]) -> bool:
+    """Put the raw elements of ``raw``, an array of ``len(where)`` bulk strings and nulls (an
+    MGET leg's reply), at ``out[where[i] + 1]``, without a list of them in between; False when
+    ``raw`` is anything else (``out`` may then hold some of them: use split_aggregate)."""
+    n: i64 = len(raw)
+    if n < 4 or raw[0] != STAR:
+        return False
+    count = length_at(raw, 1, n)
+    if count != len(where):
+        return False
+    pos: int = 3 + digits(count)  # (plain ints for the slice bounds, as in split_strings)
+    for p in where:
+        end: int = string_end(raw, pos, n) if pos < n else -1
+        if end < 0:
+            return False
+        out[p + 1] = raw[pos:end]
+        pos = end
+    return pos == n
+
+
 def split_aggregate(raw: bytes) -> list[bytes] | None:
     """The raw elements of an array/set/push reply (None for a null array).
 

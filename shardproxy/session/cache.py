@@ -1,5 +1,5 @@
-"""The near-cache: GET answered from the proxy's memory for the hottest keys, kept coherent by
-Redis's server-assisted client tracking.
+"""The near-cache: GET, and each key of an MGET, answered from the proxy's memory for the hottest
+keys, kept coherent by Redis's server-assisted client tracking.
 
 The guarantee: **a GET served from the cache returns a value the node held after every write
 the node had made visible more than one invalidation delay earlier**: an entry is dropped as
@@ -10,7 +10,9 @@ How it stays coherent (``cache.enabled``)::
     fill:  CLIENT CACHING yes │ GET k │ PTTL k     on the client's own pipeline to the node
            (the pipeline runs CLIENT TRACKING on REDIRECT <invalidation client> OPTIN, so the
            GET, and only it, is tracked); the entry is stored when PTTL answers, for at most
-           the key's TTL and ``cache.max_age_ms``
+           the key's TTL and ``cache.max_age_ms``; an MGET fills the keys asked for before
+           (:meth:`NearCache.warm`) the same way, one GET each, and sends the others in one
+           MGET per shard, not kept
     drop:  a write through the proxy (before it is sent) │ an invalidation message from the
            node (backend/invalidation.py) │ FLUSHALL (a null invalidation)
     race:  a key dropped while one of its fills is in flight is marked spoiled: that fill is

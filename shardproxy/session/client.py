@@ -172,7 +172,7 @@ class ClientSession(Sending):
             and not self.held
             and not self.closing
             and self.transport is not None
-            and len(self.queue) <= self.host.limits.max_pending_per_client // 2
+            and len(self.queue) <= self.live.max_pending // 2
         ):
             self.reading_paused = False
             self.transport.resume_reading()
@@ -230,7 +230,7 @@ class ClientSession(Sending):
         if not req.keys:
             self.send_to_shard(0, True, encode.encode_command(argv))  # malformed: Redis says why
             return
-        if self.host.router.shard_of_keys(req.keys) < 0:
+        if self.live.router.shard_of_keys(req.keys) < 0:
             self.reply_now(errors.reply("crossslot"))
             return
         following = next_mode(self.mode.name if self.mode is not None else NORMAL, BLOCKING)
@@ -245,7 +245,7 @@ class ClientSession(Sending):
 
     def wait(self, argv: list[bytes]) -> None:
         """WAIT: on the shards written to since the last WAIT (session/wait.py)."""
-        n = len(self.host.router.shards)
+        n = len(self.live.router.shards)
         mask, self.wrote = self.wrote, 0
         shards = [i for i in range(n) if mask & (1 << i)] if mask > 0 else list(range(n))
         wait.wait(self, argv, shards)
@@ -269,7 +269,7 @@ class ClientSession(Sending):
                 break
             if self.closing:
                 break
-        if len(self.queue) > self.host.limits.max_pending_per_client:
+        if len(self.queue) > self.live.max_pending:
             self._pause_reading()
         else:
             self._maybe_resume_reading()
@@ -361,7 +361,6 @@ class ClientSession(Sending):
             return
         parser = self.parser
         reqs = parser.feed(data)
-        host = self.host
         stats = self.stats
         stats.commands += len(reqs)
         stats.bytes_in += len(data)
@@ -370,18 +369,19 @@ class ClientSession(Sending):
         queue = self.queue
         proto = self.proto
         cid = self.id
-        router = host.router  # a reload swaps host.router between reads, never during one
+        live = self.live
+        router = live.router  # a reload swaps the router between reads, never during one
         ring = router.ring
         shards = router.shards
         direct = router.direct
         # replica reads, no migration: reads take the inline path too
         replica_fast = router.replica_reads and router.migration is None
-        ryw = host.read_your_writes
+        ryw = live.read_your_writes
         normal = self.mode is None
         wrote = 0
-        hot = host.hotkeys
+        hot = live.hotkeys
         countdown = hot.countdown  # one single-key request in hot.sample is counted
-        cache = host.cache  # None unless cache.enabled
+        cache = live.cache  # None unless cache.enabled
         for argv, frame in reqs:
             spec = table.get(argv[0])
             if spec is None:
@@ -452,7 +452,7 @@ class ClientSession(Sending):
         if queue:
             if queue.head().reply is not None:
                 self.flush()  # replies the proxy answered itself
-            if len(queue) > host.limits.max_pending_per_client:
+            if len(queue) > live.max_pending:
                 self._pause_reading()
         if self.closing:
             self.flush()
@@ -468,9 +468,10 @@ class ClientSession(Sending):
                 else:
                     self.reply_now(refusal)
                 return
-        if spec is not None and spec.write and spec.has_keys and self.host.cache is not None:
+        cache = self.live.cache
+        if spec is not None and spec.write and spec.has_keys and cache is not None:
             for i in get_keys(spec, argv):  # cached values of keys about to change go first
-                self.host.cache.drop(argv[i])
+                cache.drop(argv[i])
         mode = self.mode
         if mode is not None and mode.handle(self, spec, argv, frame):
             return

@@ -137,17 +137,24 @@ def leg_frame(argv: list[bytes], where: list[int], step: int) -> bytes:
     """The request for one shard's part of a split command: the command and the keys (or
     key-value pairs, ``step`` 2) at positions ``where``."""
     name = argv[0]
-    parts = [encode.array_header(len(where) * step + 1), encode.bulk_header(len(name)), name, CRLF]
+    count = len(where) * step
+    # header, then (length line, argument, CRLF) for the name and each argument: the list is
+    # made at its size with every CRLF in place
+    parts = [CRLF] * (4 + 3 * count)
+    parts[0] = encode.array_header(count + 1)
+    parts[1] = encode.bulk_header(len(name))
+    parts[2] = name
+    i = 4
     for p in where:
         a = argv[1 + p * step]
-        parts.append(encode.bulk_header(len(a)))
-        parts.append(a)
-        parts.append(CRLF)
+        parts[i] = encode.bulk_header(len(a))
+        parts[i + 1] = a
+        i += 3
         if step == 2:
             a = argv[2 + p * step]
-            parts.append(encode.bulk_header(len(a)))
-            parts.append(a)
-            parts.append(CRLF)
+            parts[i] = encode.bulk_header(len(a))
+            parts[i + 1] = a
+            i += 3
     return b"".join(parts)
 
 
@@ -167,12 +174,13 @@ def merge_array(g: Gather) -> bytes:
     out: list[bytes] = [b""] * (total + 1)  # the array's header, then its elements
     out[0] = encode.array_header(total)
     for leg, raw in enumerate(g.results):
-        items = replies.split_strings(raw)
-        if items is None:
-            items = replies.split_aggregate(raw)
-        if items is None or len(items) != len(positions[leg]):
+        where = positions[leg]
+        if replies.place_strings(raw, where, out):
+            continue  # (the usual reply: bulk strings and nulls)
+        items = replies.split_aggregate(raw)
+        if items is None or len(items) != len(where):
             raise replies.ReplyError("a shard returned the wrong number of values")
-        for pos, item in zip(positions[leg], items, strict=True):
+        for pos, item in zip(where, items, strict=True):
             out[pos + 1] = item
     return b"".join(out)
 

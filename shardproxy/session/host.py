@@ -41,8 +41,29 @@ class Limits(Protocol):
     def max_unread_bytes(self) -> int: ...
 
 
+class Live:
+    """What every read of every client consults of its host, in one compiled object: an
+    attribute of the host itself (the composition root, interpreted) is a dictionary look-up,
+    one of these a load. The host keeps them current: a reload or an ejection swaps
+    ``router`` here, a reload sets ``read_your_writes`` and ``max_pending``."""
+
+    __slots__ = ("cache", "hotkeys", "max_pending", "read_your_writes", "router")
+
+    router: Router[Node]  # (set by the host before its first client)
+
+    def __init__(self, hotkeys: HotKeys) -> None:
+        self.hotkeys = hotkeys  # the sampled sketch of each shard's hottest keys
+        self.cache: NearCache | None = None  # the near-cache (cache.enabled), else None
+        self.read_your_writes = 0.0  # seconds; 0 disables
+        self.max_pending = 1024  # limits.max_pending_per_client
+
+
 class SessionHost(Protocol):
     """The proxy, as one client session sees it."""
+
+    #: the fields read per request, kept current by the host (``router``, ``cache``,
+    #: ``hotkeys`` and ``read_your_writes`` below are the same values)
+    live: Live
 
     #: command name (as sent, or lower case) -> spec, with the operator's denials applied
     table: dict[bytes, CommandSpec]
@@ -54,7 +75,12 @@ class SessionHost(Protocol):
     stats: Stats
     #: per-command latency and error counters; None when metrics.commands is off
     command_counters: CommandCounters | None
-    read_your_writes: float  # seconds; 0 disables
+
+    @property
+    def read_your_writes(self) -> float:
+        """Seconds; 0 disables."""
+        ...
+
     per_shard_transactions: bool  # transactions.cross_shard is per-shard
     fanout: Fanout
     builtin: Builtin
@@ -62,7 +88,11 @@ class SessionHost(Protocol):
     pubsub: PubSubCommands
     users: Users  # client users (auth); their command tables
     hotkeys: HotKeys  # the sampled sketch of each shard's hottest keys
-    cache: NearCache | None  # the near-cache (cache.enabled), else None
+
+    @property
+    def cache(self) -> NearCache | None:
+        """The near-cache (cache.enabled), else None."""
+        ...
 
     def next_client_id(self) -> int: ...
 

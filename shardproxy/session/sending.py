@@ -37,6 +37,7 @@ class Sending(Recipient):
     __slots__ = (
         "host",
         "id",
+        "live",
         "proto",
         "queue",
         "request_cmd",
@@ -49,6 +50,7 @@ class Sending(Recipient):
     def __init__(self, host: SessionHost) -> None:
         super().__init__()
         self.host = host
+        self.live = host.live  # (the host's per-request fields, read natively)
         self.id = host.next_client_id()
         self.proto = 2  # RESP version the client speaks (HELLO switches it)
         self.queue: Fifo[QueuedReply] = Fifo()  # outstanding replies, in request order
@@ -65,14 +67,14 @@ class Sending(Recipient):
     @property
     def router(self) -> Router[Node]:
         """The live router (a reload swaps it between reads)."""
-        return self.host.router
+        return self.live.router
 
     def forward_keyed(self, spec: CommandSpec, argv: list[bytes], frame: bytes) -> None:
         if is_blocking(spec, argv):
             self.block(spec, argv, frame)  # XREAD / XREADGROUP with BLOCK
             return
         positions = get_keys(spec, argv)
-        router = self.host.router
+        router = self.live.router
         if not positions:
             # no key in this form of the command (e.g. a wrong numkeys): let a node answer
             self.send_to_shard(0, spec.write, frame)
@@ -85,7 +87,7 @@ class Sending(Recipient):
         self.send_to_shard(shard, spec.write, frame, keys)
 
     def forward_any(self, spec: CommandSpec, frame: bytes) -> None:
-        router = self.host.router
+        router = self.live.router
         for i, s in enumerate(router.shards):
             if s.primary.usable:
                 self.send_to_shard(i, spec.write, frame)
@@ -95,7 +97,7 @@ class Sending(Recipient):
     def cached_get(self, shard: int, key: bytes, frame: bytes) -> None:
         """GET of a cacheable key (session/cache.py): from the cache, or sent with CLIENT
         CACHING yes and followed by PTTL so that the reply can be kept."""
-        cache = self.host.cache
+        cache = self.live.cache
         assert cache is not None
         hit = cache.lookup(key, self.request_time)
         if hit is not None:
@@ -110,10 +112,10 @@ class Sending(Recipient):
         tracked (CLIENT CACHING yes first) and followed by PTTL, which stores the entry. False
         when the node cannot fill now (none to read from, tracking not on yet, a reload
         under way): then nothing was sent."""
-        cache = self.host.cache
+        cache = self.live.cache
         assert cache is not None
         s, node = self.pick(shard, False)
-        if node is None or self.host.router.migration is not None or not node.tracking_id:
+        if node is None or self.live.router.migration is not None or not node.tracking_id:
             return False
         pipe = node.connection(self.proto, self.id)
         if not pipe.tracks():
@@ -135,11 +137,11 @@ class Sending(Recipient):
             self.reply_now(errors.reply("arity", name=spec.name))
             return
         count = (len(argv) - 1) // step  # keys
-        cache = self.host.cache
+        cache = self.live.cache
         if cache is not None and spec.merge == "array":
             self.cached_mget(spec, argv, frame, cache)
             return
-        router = self.host.router
+        router = self.live.router
         ring = router.ring
         groups: dict[int, list[int]] = {}  # shard -> positions of its keys, first-seen order
         for k in range(count):
@@ -161,15 +163,19 @@ class Sending(Recipient):
         self.add_slot(g)
         write = spec.write
         proto, cid = self.proto, self.id
-        for index, (shard, where) in enumerate(groups.items()):
+        direct = router.direct
+        index = 0
+        for shard in groups:  # (positions[index] is groups[shard])
+            where = positions[index]
             sub = leg_frame(argv, where, step)
-            if router.direct:  # every leg to its primary (as the inline fast path)
+            if direct:  # every leg to its primary (as the inline fast path)
                 if write:
                     self.wrote |= 1 << shard
                 router.shards[shard].primary.connection(proto, cid).send(sub, Leg(g, index))
             else:
                 leg_keys = [argv[1 + p * step] for p in where] if moving else ()
                 self.send_leg(shard, write, sub, Leg(g, index), leg_keys)
+            index += 1
 
     def cached_mget(
         self, spec: CommandSpec, argv: list[bytes], frame: bytes, cache: NearCache
@@ -177,7 +183,7 @@ class Sending(Recipient):
         """MGET with the near-cache on: a cacheable key is answered from the cache, or
         fetched as a fill (a tracked GET, as :meth:`cached_get`) once it has been asked for
         before; the other keys go in one MGET per shard. Each such part is a leg."""
-        router = self.host.router
+        router = self.live.router
         ring = router.ring
         now = self.request_time
         hits: list[bytes] = []
@@ -258,7 +264,7 @@ class Sending(Recipient):
     def _send(
         self, s: ShardNodes[Node], node: Node, frame: bytes, slot: ReplySlot, keys: Sequence[bytes]
     ) -> None:
-        migration = self.host.router.migration
+        migration = self.live.router.migration
         if migration is not None and keys:
             # keys that changed shard in a reload move to it first (then the primary answers,
             # since a replica may not have the moved key yet)
@@ -274,11 +280,11 @@ class Sending(Recipient):
     def pick(self, shard: int, write: bool) -> tuple[ShardNodes[Node], Node | None]:
         """The shard and the node for a request, with read-your-writes: after this client
         writes to a shard, its reads of that shard go to the primary for a while."""
-        router = self.host.router
+        router = self.live.router
         s = router.shards[shard]
         if write:
             self.wrote |= 1 << shard  # (for WAIT)
-        ryw = self.host.read_your_writes
+        ryw = self.live.read_your_writes
         if not router.replica_reads:
             return s, s.primary
         now = self.request_time
@@ -292,7 +298,7 @@ class Sending(Recipient):
         return s, router.node(shard, False, recent)
 
     def _no_replica(self, shard: int) -> bytes:
-        return errors.reply("no_replica", shard=self.host.router.shards[shard].name)
+        return errors.reply("no_replica", shard=self.live.router.shards[shard].name)
 
     def new_slot(self) -> QueuedReply:
         """A reply slot for the request being dispatched, at the tail of the queue."""
@@ -307,7 +313,7 @@ class Sending(Recipient):
         self.queue.append(slot)
 
     def shard_count(self) -> int:
-        return len(self.host.router.shards)
+        return len(self.live.router.shards)
 
     def reply_now(self, reply: bytes) -> None:
         """Queue a reply the proxy has already made (it still waits for earlier ones)."""
