@@ -214,6 +214,28 @@ async def test_replica_read_is_retried_on_the_primary_when_the_replica_fails(
     assert c.writes == [b"$1\r\np\r\n"]
 
 
+async def test_replica_reads_retried_on_a_primary_that_is_down_fail_at_once_in_order(
+    make_host: MakeHost,
+) -> None:
+    host = make_host("a", replicas=1, read_policy="prefer-replica")
+    host.server("a").refuse = True
+    k1, k2 = host.keys_on("a", 2)
+    c = host.client()
+    c.send([b"SET", k1, b"v"])  # the primary's pipeline tries to connect, and is DOWN
+    await settle()
+    assert c.take().startswith(b"-")
+    c.send([b"GET", k1], [b"GET", k2])
+    await settle()
+    replica = host.server("a", replica=0).conn
+    assert replica.received == cmd("GET", k1) + cmd("GET", k2)
+    replica.hang_up()  # both lost: each is retried once, on a primary that fails it at once
+    await settle()
+    replies = c.take()
+    assert replies.count(b"\r\n") == 2 and replies.startswith(b"-")  # two errors, nothing else
+    assert all(b"shard a" in line for line in replies.split(b"\r\n")[:2]), replies
+    assert host.server("a").conns == [] or host.server("a").conn.received == b""
+
+
 async def test_replica_write_goes_to_the_primary_and_is_never_retried(
     make_host: MakeHost,
 ) -> None:

@@ -65,7 +65,7 @@ from shardproxy.session.modes import (
 )
 from shardproxy.session.pubsub import Subscriptions
 from shardproxy.session.queue import QueuedReply
-from shardproxy.session.replyslots import ClientPushes, ReplicaRetry
+from shardproxy.session.replyslots import ClientPushes, ReplicaRead
 from shardproxy.session.sending import UNKNOWN, Sending
 from shardproxy.session.subscribed import SubscribedMode
 from shardproxy.session.transaction import TransactionMode
@@ -421,13 +421,12 @@ class ClientSession(Sending):
                             self.request_cmd = spec.index
                             self.send_to_shard(i, False, frame, (argv[1],))
                             continue
-                        slot = QueuedReply(self, spec.index, now)
-                        queue.append(slot)
                         if node is s.primary:
-                            node.connection(proto, cid).send(frame, slot)
+                            slot = QueuedReply(self, spec.index, now)
                         else:
-                            retry = ReplicaRetry(slot, frame, s.primary, self)
-                            node.connection(proto, cid).send(frame, retry)
+                            slot = ReplicaRead(self, spec.index, now, frame, s.primary)
+                        queue.append(slot)
+                        node.connection(proto, cid).send(frame, slot)
                     else:
                         self.request_cmd = spec.index
                         self.send_to_shard(i, spec.write, frame, (argv[1],))

@@ -1,9 +1,10 @@
-"""The reply slots a client session makes besides its queue entries: a replica read retried
-on the primary, and the client as the holder of a lease (the frames pushed to it)."""
+"""The reply slots a client session makes besides its plain queue entries: a replica read
+retried on the primary (around any slot, or as the queue entry itself), and the client as the
+holder of a lease (the frames pushed to it)."""
 
 from __future__ import annotations
 
-from typing import Final, Protocol
+from typing import Final, Protocol, cast
 
 from shardproxy.backend.node import Node
 from shardproxy.backend.slots import PushConsumer, Recipient, ReplySlot
@@ -69,6 +70,37 @@ class ReplicaRetry(ReplySlot):
         # Read through a method: after ``self.flushed = None`` mypy takes the attribute to
         # stay None across the send() above, and compiled code would trust that.
         return self.flushed
+
+
+class ReplicaRead(QueuedReply):
+    """The client's reply slot of a single-key read the inline fast path sent to a replica:
+    a queue entry that retries itself, like :class:`ReplicaRetry`, once on the shard's
+    primary if the replica fails before answering (one object per read instead of two)."""
+
+    __slots__ = ("client", "frame", "primary")
+
+    def __init__(
+        self, client: RetrySession, cmd: int, t0: float, frame: bytes, primary: Node
+    ) -> None:
+        super().__init__(cast(Recipient, client), cmd, t0)
+        self.client = client
+        self.frame: bytes | None = frame  # None once retried
+        self.primary = primary
+
+    def fail(self, reply: bytes) -> Recipient | None:
+        frame = self.frame
+        client = self.client
+        if frame is None or self.session is None or client.transport is None:
+            return super().fail(reply)
+        self.frame = None
+        self.primary.connection(client.proto, client.id).send(frame, self)
+        # the primary may have failed it at once (its pipeline down): then flush now
+        return self.session if self._answered() else None
+
+    def _answered(self) -> bool:
+        # (read through a method: compiled code would trust mypy's view that the send()
+        # above left ``reply`` as it was)
+        return self.reply is not None
 
 
 class ClientPushes(PushConsumer):
