@@ -133,6 +133,15 @@ class Element(Leg):
         return self.parent.leg_done(self.index, b"*1\r\n" + reply)
 
 
+def add_position(groups: dict[int, list[int]], shard: int, position: int) -> None:
+    """Record that the key at ``position`` goes to ``shard`` (positions in first-seen order)."""
+    group = groups.get(shard)
+    if group is None:
+        groups[shard] = [position]
+    else:
+        group.append(position)
+
+
 def leg_frame(argv: list[bytes], where: list[int], step: int) -> bytes:
     """The request for one shard's part of a split command: the command and the keys (or
     key-value pairs, ``step`` 2) at positions ``where``."""

@@ -20,7 +20,15 @@ from shardproxy.protocol import encode, errors
 from shardproxy.protocol.fifo import Fifo
 from shardproxy.routing.router import Router, ShardNodes
 from shardproxy.session.cache import CACHING_YES, NearCache
-from shardproxy.session.fanout import MERGES, Element, Gather, Leg, leg_frame, merge_array
+from shardproxy.session.fanout import (
+    MERGES,
+    Element,
+    Gather,
+    Leg,
+    add_position,
+    leg_frame,
+    merge_array,
+)
 from shardproxy.session.host import SessionHost
 from shardproxy.session.queue import QueuedReply
 from shardproxy.session.replyslots import ReplicaRetry
@@ -145,12 +153,7 @@ class Sending(Recipient):
         ring = router.ring
         groups: dict[int, list[int]] = {}  # shard -> positions of its keys, first-seen order
         for k in range(count):
-            shard = ring.shard_index(argv[1 + k * step])
-            group = groups.get(shard)
-            if group is None:
-                groups[shard] = [k]
-            else:
-                group.append(k)
+            add_position(groups, ring.shard_index(argv[1 + k * step]), k)
         moving = router.migration is not None  # (a reload: the legs' keys are checked)
         if len(groups) == 1:
             # all keys on one shard: forward as is, no merge needed
@@ -161,12 +164,18 @@ class Sending(Recipient):
         merge = merge_array if spec.merge == "array" else MERGES[spec.merge or "sum"]
         g = Gather(self, len(groups), merge, self.proto, positions)
         self.add_slot(g)
-        write = spec.write
-        proto, cid = self.proto, self.id
+        self._send_legs(g, groups, argv, step, spec.write)
+
+    def _send_legs(
+        self, g: Gather, groups: dict[int, list[int]], argv: list[bytes], step: int, write: bool
+    ) -> None:
+        """One leg per shard of ``groups``, legs 0, 1, ... of ``g`` in the dict's order."""
+        router = self.live.router
+        moving = router.migration is not None  # (a reload: the legs' keys are checked)
         direct = router.direct
+        proto, cid = self.proto, self.id
         index = 0
-        for shard in groups:  # (positions[index] is groups[shard])
-            where = positions[index]
+        for shard, where in groups.items():
             sub = leg_frame(argv, where, step)
             if direct:  # every leg to its primary (as the inline fast path)
                 if write:
@@ -202,11 +211,7 @@ class Sending(Recipient):
                 if cache.warm(key):
                     fills.append((shard, k))
                     continue
-            group = groups.get(shard)
-            if group is None:
-                groups[shard] = [k]
-            else:
-                group.append(k)
+            add_position(groups, shard, k)
         if not fills and not groups:
             self.reply_now(encode.array(hits))  # every key from the cache
             return
@@ -225,11 +230,7 @@ class Sending(Recipient):
             g.results[legs] = encode.array(hits)
             g.left -= 1
         self.add_slot(g)
-        for index, (shard, where) in enumerate(groups.items()):
-            sub = leg_frame(argv, where, 1)
-            self.send_leg(
-                shard, False, sub, Leg(g, index), [argv[1 + p] for p in where] if moving else ()
-            )
+        self._send_legs(g, groups, argv, 1, False)
         index = len(groups)
         for shard, k in fills:
             key = argv[1 + k]
@@ -243,9 +244,7 @@ class Sending(Recipient):
         self, shard: int, write: bool, frame: bytes, keys: Sequence[bytes] = ()
     ) -> None:
         """Send ``frame`` to the node serving ``shard`` for a new reply in the queue."""
-        slot = QueuedReply(self, self.request_cmd, self.request_time)
-        self.queue.append(slot)
-        self.send_leg(shard, write, frame, slot, keys)
+        self.send_leg(shard, write, frame, self.new_slot(), keys)
 
     def send_leg(
         self, shard: int, write: bool, frame: bytes, slot: ReplySlot, keys: Sequence[bytes] = ()
@@ -284,9 +283,9 @@ class Sending(Recipient):
         s = router.shards[shard]
         if write:
             self.wrote |= 1 << shard  # (for WAIT)
-        ryw = self.live.read_your_writes
         if not router.replica_reads:
             return s, s.primary
+        ryw = self.live.read_your_writes
         now = self.request_time
         if write:
             if ryw:
